@@ -1,0 +1,177 @@
+"""Batched datagram I/O: recvmmsg(2) and sendmmsg(2) through ctypes.
+
+Why: system calls dominate a Python data path, and the standard library has no recvmmsg/sendmmsg.
+Everything the kernel reads or writes is allocated once: one arena of fixed-size slots (each slot
+keeps HEADROOM bytes free in front of the datagram, so the reply's IPv4+UDP header is written in
+place and the reply goes out as one contiguous buffer), the sockaddr and control buffers, and the
+mmsghdr arrays themselves, which live inside bytearrays so Python reads results with struct instead
+of slow ctypes attribute access. A receive waits for the first datagram at most for the socket's
+SO_RCVTIMEO, then takes whatever else is queued (MSG_WAITFORONE).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import socket
+import struct
+
+HEADROOM = 28  # reply IPv4 + UDP header, written in front of the datagram
+MAX_DATAGRAM = 9001  # a jumbo-frame MTU's worth: never truncate what GWLB can send
+SLOT_BYTES = 9216  # HEADROOM + MAX_DATAGRAM, rounded up; a larger datagram comes back truncated
+MSG_WAITFORONE = 0x10000
+MSG_TRUNC = 0x20
+_NAME_BYTES = 16  # sockaddr_in
+_PKTINFO_ADDR = socket.CMSG_LEN(0) + 8  # in_pktinfo: ifindex, spec_dst, then addr
+_CONTROL_BYTES = socket.CMSG_SPACE(12)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+_MSIZE = ctypes.sizeof(_Mmsghdr)
+_IOVSIZE = ctypes.sizeof(_Iovec)
+_FLAGS_OFF = _Msghdr.msg_flags.offset
+_LEN_OFF = _Mmsghdr.msg_len.offset
+_RESULT = struct.Struct(f"=i{_LEN_OFF - _FLAGS_OFF - 4}xI")  # msg_flags ... msg_len
+_IOVEC = struct.Struct("@PN")  # pointer, size_t
+
+_recvmmsg = _libc.recvmmsg
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+_recvmmsg.restype = ctypes.c_int
+_sendmmsg = _libc.sendmmsg
+_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+_sendmmsg.restype = ctypes.c_int
+
+
+_pinned: list[object] = []  # ctypes views that keep the kernel-visible bytearrays from resizing
+
+
+def _address(buffer: bytearray) -> int:
+    view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    _pinned.append(view)  # an exported bytearray cannot be resized: its address stays valid
+    return ctypes.addressof(view)
+
+
+class ReceiveBatch:
+    """Up to `size` datagrams per recvmmsg into a reusable arena.
+
+    After `receive()` returns n, datagram i is arena[slot(i) + HEADROOM : slot(i) + HEADROOM + len],
+    with `result(i)` giving (flags, length), `peer(i)` the sender's port and address as 6 raw bytes
+    and `local(i)` the 4-byte local address it was sent to (IP_PKTINFO).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.arena = bytearray(SLOT_BYTES * size)
+        self.names = bytearray(_NAME_BYTES * size)
+        self.control = bytearray(_CONTROL_BYTES * size)
+        self.headers = bytearray(_MSIZE * size)
+        self._iovecs = bytearray(_IOVSIZE * size)
+        arena, names, control = _address(self.arena), _address(self.names), _address(self.control)
+        self.arena_address = arena
+        iovecs = _address(self._iovecs)
+        msgs = (_Mmsghdr * size).from_buffer(self.headers)
+        for i in range(size):
+            _IOVEC.pack_into(
+                self._iovecs, i * _IOVSIZE, arena + i * SLOT_BYTES + HEADROOM, MAX_DATAGRAM
+            )
+            hdr = msgs[i].msg_hdr
+            hdr.msg_name = names + i * _NAME_BYTES
+            hdr.msg_namelen = _NAME_BYTES
+            hdr.msg_iov = iovecs + i * _IOVSIZE
+            hdr.msg_iovlen = 1
+            hdr.msg_control = control + i * _CONTROL_BYTES
+            hdr.msg_controllen = _CONTROL_BYTES
+        del msgs, hdr  # no exported views may outlive __init__ in Python's hands
+        self._pristine = bytes(self.headers)
+        self._headers_address = _address(self.headers)
+
+    def receive(self, fd: int) -> int:
+        """Wait (up to SO_RCVTIMEO) for datagrams; return how many arrived, 0 on timeout/EINTR."""
+        self.headers[:] = self._pristine  # the kernel overwrote name and control lengths
+        count: int = _recvmmsg(fd, self._headers_address, self.size, MSG_WAITFORONE, None)
+        if count >= 0:
+            return count
+        code = ctypes.get_errno()
+        if code in (errno.EAGAIN, errno.EINTR):
+            return 0
+        raise OSError(code, f"recvmmsg: {errno.errorcode.get(code, code)}")
+
+    def result(self, i: int) -> tuple[int, int]:
+        """(msg_flags, length) of datagram i."""
+        flags, length = _RESULT.unpack_from(self.headers, i * _MSIZE + _FLAGS_OFF)
+        return flags, length
+
+    def peer(self, i: int) -> bytes:
+        """The sender's UDP port and IPv4 address, network order (6 bytes)."""
+        at = i * _NAME_BYTES
+        return bytes(self.names[at + 2 : at + 8])
+
+    def local(self, i: int) -> bytes:
+        """The IPv4 address datagram i was sent to (4 bytes)."""
+        at = i * _CONTROL_BYTES + _PKTINFO_ADDR
+        return bytes(self.control[at : at + 4])
+
+
+class SendBatch:
+    """Up to `size` IPv4 packets per sendmmsg on a raw IP_HDRINCL socket, from caller buffers."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.count = 0
+        self._names = bytearray(_NAME_BYTES * size)
+        self._iovecs = bytearray(_IOVSIZE * size)
+        self._headers = bytearray(_MSIZE * size)
+        names, iovecs = _address(self._names), _address(self._iovecs)
+        msgs = (_Mmsghdr * size).from_buffer(self._headers)
+        for i in range(size):
+            struct.pack_into("=H", self._names, i * _NAME_BYTES, socket.AF_INET)
+            hdr = msgs[i].msg_hdr
+            hdr.msg_name = names + i * _NAME_BYTES
+            hdr.msg_namelen = _NAME_BYTES
+            hdr.msg_iov = iovecs + i * _IOVSIZE
+            hdr.msg_iovlen = 1
+        del msgs, hdr
+        self._headers_address = _address(self._headers)
+
+    def add(self, address: int, length: int, destination: bytes) -> None:
+        """Queue `length` bytes at memory `address` (a whole IPv4 packet) for `destination`."""
+        i = self.count
+        _IOVEC.pack_into(self._iovecs, i * _IOVSIZE, address, length)
+        at = i * _NAME_BYTES + 4
+        self._names[at : at + 4] = destination
+        self.count = i + 1
+
+    def flush(self, fd: int) -> tuple[int, list[int]]:
+        """Send everything queued: (packets sent, errno of each packet that failed)."""
+        sent, failures, position, total = 0, [], 0, self.count
+        self.count = 0
+        while position < total:  # each round moves position by at least one
+            done = _sendmmsg(fd, self._headers_address + position * _MSIZE, total - position, 0)
+            if done < 0:
+                failures.append(ctypes.get_errno())
+                position += 1  # skip the packet the kernel refused, keep its neighbours
+            else:
+                sent += done
+                position += done
+        return sent, failures

@@ -1,0 +1,69 @@
+"""The worker's counters: a flat array of unsigned 64-bit integers at fixed indices.
+
+Fixed indices let the same layout live in a plain bytearray (tests, one worker) or in a slot of the
+memory-mapped stats table, which the health service and the admin CLI read without asking anyone.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+
+from appliance.errors import Reason
+
+MAX_RULES = 64  # drops are counted per rule for the first MAX_RULES rules; the rest share the last
+
+
+class Counter(enum.IntEnum):
+    RECEIVED = 0
+    SENT = 1
+    PASSED = 2
+    REWRITTEN = 3
+    DROPPED = 4  # by a rule, all rules together
+    MALFORMED = 5  # all reasons together
+    OVERSIZE = 6
+    UNREWRITABLE = 7  # a replace matched a fragment: dropped
+    DISALLOWED_SOURCE = 8
+    SEND_ERRORS = 9
+    BATCHES = 10
+
+
+# errno values a raw send can plausibly meet; anything else lands in the last bucket.
+SEND_ERRNOS = (errno.EPERM, errno.ENOBUFS, errno.EMSGSIZE, errno.ENETUNREACH, errno.EHOSTUNREACH,
+               errno.EINVAL, errno.EACCES, 0)
+
+MALFORMED_BASE = 16
+RULE_BASE = MALFORMED_BASE + 32
+SEND_ERRNO_BASE = RULE_BASE + MAX_RULES
+SIZE = SEND_ERRNO_BASE + len(SEND_ERRNOS)  # counters per worker
+assert len(Reason) <= RULE_BASE - MALFORMED_BASE
+
+
+def send_errno_index(code: int) -> int:
+    """The counter index for a send failure with errno `code`."""
+    try:
+        return SEND_ERRNO_BASE + SEND_ERRNOS.index(code)
+    except ValueError:
+        return SIZE - 1
+
+
+def new_counters() -> memoryview:
+    """A zeroed counter array outside the stats table (tests, tools)."""
+    return memoryview(bytearray(8 * SIZE)).cast("Q")
+
+
+def snapshot(counters: memoryview, rule_names: tuple[str, ...] = ()) -> dict[str, object]:
+    """The counters as a JSON-ready dict with named reasons, rules and errnos (zeros left out)."""
+    out: dict[str, object] = {c.name.lower(): counters[c] for c in Counter}
+    out["malformed_by_reason"] = {
+        r.name.lower(): counters[MALFORMED_BASE + r] for r in Reason if counters[MALFORMED_BASE + r]
+    }
+    out["dropped_by_rule"] = {
+        (rule_names[i] if i < len(rule_names) else f"rule{i}"): counters[RULE_BASE + i]
+        for i in range(MAX_RULES) if counters[RULE_BASE + i]
+    }
+    out["send_errors_by_errno"] = {
+        (errno.errorcode.get(code, "other") if code else "other"): counters[SEND_ERRNO_BASE + i]
+        for i, code in enumerate(SEND_ERRNOS) if counters[SEND_ERRNO_BASE + i]
+    }
+    return out

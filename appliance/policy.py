@@ -1,0 +1,130 @@
+"""The policy engine: rules are data (from the config file), compiled once, asked per packet.
+
+Semantics, in rule order:
+- a rule matches when every condition it names holds (version, protocol, ports on either side or on
+  one side, ICMP type, payload substring);
+- `drop` and `drop_seq_multiple` (ICMP echo whose sequence number is a multiple of `every`) drop:
+  the first matching drop wins, even over a replace that matched before it;
+- `replace` rewrites every occurrence of `find` in the payload (it matches only when `find` is
+  there); all matching replaces apply, in rule order;
+- `pass` stops the evaluation: later rules are not asked.
+Fragments: a later fragment has no transport header and passes untouched; a first fragment is
+subject to drop rules, but a replace cannot be done without reassembly, so it is dropped instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, Fragment, InnerPacket
+
+REWRITABLE_PROTOCOLS = frozenset({PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
+
+
+class Action(enum.Enum):
+    PASS = "pass"
+    DROP = "drop"
+    REPLACE = "replace"
+    DROP_SEQ_MULTIPLE = "drop_seq_multiple"
+
+
+class Verdict(enum.IntEnum):
+    PASS = 0
+    DROP = 1  # a rule dropped it: `rule` says which
+    REWRITE = 2  # `replacements` say what to change
+    UNREWRITABLE = 3  # a replace matched a fragment (or a routed IPv6 packet): dropped
+
+
+@dataclass(frozen=True)
+class Match:
+    """Conditions of a rule; None means "any"."""
+
+    ip_version: int | None = None
+    protocol: int | None = None
+    ports: frozenset[int] | None = None  # source or destination
+    src_ports: frozenset[int] | None = None
+    dst_ports: frozenset[int] | None = None
+    icmp_types: frozenset[int] | None = None
+    payload_contains: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: Action
+    match: Match = field(default_factory=Match)
+    find: bytes = b""  # replace
+    replace: bytes = b""  # replace
+    every: int = 0  # drop_seq_multiple
+
+
+class Decision(NamedTuple):
+    verdict: Verdict
+    rule: int  # index of the deciding rule, -1 when none decided
+    replacements: tuple[tuple[bytes, bytes], ...]
+
+
+PASS_DECISION = Decision(Verdict.PASS, -1, ())
+
+
+class Policy:
+    """A compiled, immutable rule list. `decide` is called once per packet."""
+
+    def __init__(self, rules: tuple[Rule, ...] | list[Rule] = ()) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        # Rules that can match each transport protocol, in order: most packets meet one or two.
+        self._by_protocol: dict[int, tuple[tuple[int, Rule], ...]] = {
+            proto: tuple(
+                (i, r) for i, r in enumerate(self.rules)
+                if r.match.protocol is None or r.match.protocol == proto
+            )
+            for proto in range(256)
+        }
+
+    def decide(self, buf: bytes | bytearray, pkt: InnerPacket) -> Decision:
+        """The verdict for the parsed inner packet `pkt` inside `buf`."""
+        if pkt.fragment == Fragment.LATER:
+            return PASS_DECISION
+        replacements: list[tuple[bytes, bytes]] = []
+        first_replace = -1
+        for index, rule in self._by_protocol[pkt.protocol]:
+            if not _matches(rule.match, buf, pkt):
+                continue
+            action = rule.action
+            if action is Action.DROP:
+                return Decision(Verdict.DROP, index, ())
+            if action is Action.DROP_SEQ_MULTIPLE:
+                if pkt.icmp_seq >= 0 and pkt.icmp_seq % rule.every == 0:
+                    return Decision(Verdict.DROP, index, ())
+            elif action is Action.REPLACE:
+                if buf.find(rule.find, pkt.payload, pkt.end) >= 0:
+                    replacements.append((rule.find, rule.replace))
+                    if first_replace < 0:
+                        first_replace = index
+            else:  # PASS
+                break
+        if not replacements:
+            return PASS_DECISION
+        if pkt.fragment != Fragment.NONE or pkt.routed or pkt.protocol not in REWRITABLE_PROTOCOLS:
+            return Decision(Verdict.UNREWRITABLE, first_replace, ())
+        return Decision(Verdict.REWRITE, first_replace, tuple(replacements))
+
+
+def _matches(match: Match, buf: bytes | bytearray, pkt: InnerPacket) -> bool:
+    if match.ip_version is not None and match.ip_version != pkt.version:
+        return False
+    if match.ports is not None and (
+        pkt.src_port not in match.ports and pkt.dst_port not in match.ports
+    ):
+        return False
+    if match.src_ports is not None and pkt.src_port not in match.src_ports:
+        return False
+    if match.dst_ports is not None and pkt.dst_port not in match.dst_ports:
+        return False
+    if match.icmp_types is not None and pkt.icmp_type not in match.icmp_types:
+        return False
+    return match.payload_contains is None or buf.find(
+        match.payload_contains, pkt.payload, pkt.end
+    ) >= 0

@@ -1,0 +1,1 @@
+"""Configuration: the schema, loading and validation, and the shipped default config."""

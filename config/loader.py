@@ -1,0 +1,269 @@
+"""Loading and validating the config file (TOML through the standard tomllib).
+
+Every key is checked: an unknown key is an error (a typo must not silently fall back to a default),
+and every error names the file, the key path, the line where we can find it, and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from appliance.policy import REWRITABLE_PROTOCOLS, Action, Match, Policy, Rule
+from config.errors import ConfigError
+from config.schema import ApplianceConfig, DataPlaneConfig, HealthConfig
+
+PROTOCOLS = {"icmp": PROTO_ICMP, "tcp": PROTO_TCP, "udp": PROTO_UDP, "icmpv6": PROTO_ICMPV6}
+Path_ = tuple[str | int, ...]
+
+
+def default_config_path() -> Path:
+    """The shipped default config (the demo policy)."""
+    return Path(str(resources.files("config").joinpath("default.toml")))
+
+
+def load_config(path: str | Path | None = None) -> ApplianceConfig:
+    """Read and validate a config file; raise ConfigError naming file, key, line and reason."""
+    file = Path(path) if path is not None else default_config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(str(file), "", f"cannot read: {error}") from error
+    return parse_config(text, str(file))
+
+
+def parse_config(text: str, source: str = "<config>") -> ApplianceConfig:
+    """Validate config text; `source` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        match = re.search(r"line (\d+)", str(error))
+        line = int(match.group(1)) if match else None
+        raise ConfigError(source, "", f"not valid TOML: {error}", line) from error
+    return _Reader(text, source).config(data)
+
+
+class _Reader:
+    """Walks the parsed TOML; knows the text only to point errors at a line."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.text = text
+        self.source = source
+
+    def fail(self, where: Path_, reason: str) -> ConfigError:
+        return ConfigError(self.source, _dotted(where), reason, _locate(self.text, where))
+
+    def table(self, data: dict[str, Any], where: Path_, known: set[str]) -> dict[str, Any]:
+        value = data.get(str(where[-1]), {}) if where else data
+        if not isinstance(value, dict):
+            raise self.fail(where, "must be a table")
+        for key in value:
+            if key not in known:
+                raise self.fail((*where, key), f"unknown key (known: {', '.join(sorted(known))})")
+        return value
+
+    def integer(self, table: dict[str, Any], where: Path_, default: int, low: int, high: int) -> int:
+        value = table.get(str(where[-1]), default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(where, f"must be an integer from {low} to {high}, not {value!r}")
+        return value
+
+    def address(self, table: dict[str, Any], where: Path_, default: str) -> str:
+        value = table.get(str(where[-1]), default)
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except (ValueError, TypeError):
+            raise self.fail(where, f"must be an IPv4 address, not {value!r}") from None
+
+    def config(self, data: dict[str, Any]) -> ApplianceConfig:
+        self.table(data, (), {"dataplane", "workers", "runtime", "health", "policy"})
+        workers = self.table(data, ("workers",), {"count"})
+        count = workers.get("count", "auto")
+        runtime = self.table(data, ("runtime",), {"dir"})
+        runtime_dir = runtime.get("dir", "/run/gwlb-appliance")
+        if not isinstance(runtime_dir, str) or not runtime_dir.startswith("/"):
+            raise self.fail(("runtime", "dir"), f"must be an absolute path, not {runtime_dir!r}")
+        return ApplianceConfig(
+            source=self.source,
+            dataplane=self.dataplane(data),
+            health=self.health(data),
+            workers=None if count == "auto" else self.integer(workers, ("workers", "count"), 1,
+                                                               1, 1024),
+            runtime_dir=Path(runtime_dir),
+            policy=self.policy(data),
+        )
+
+    def dataplane(self, data: dict[str, Any]) -> DataPlaneConfig:
+        where: Path_ = ("dataplane",)
+        known = {"bind", "port", "allow_sources", "batch_size", "receive_buffer_bytes",
+                 "send_buffer_bytes"}
+        t = self.table(data, where, known)
+        sources = t.get("allow_sources", [])
+        if not isinstance(sources, list):
+            raise self.fail((*where, "allow_sources"), "must be a list of IPv4 CIDRs")
+        networks = []
+        for i, cidr in enumerate(sources):
+            try:
+                networks.append(ipaddress.IPv4Network(cidr, strict=False))
+            except (ValueError, TypeError):
+                raise self.fail((*where, "allow_sources", i),
+                                f"not an IPv4 network: {cidr!r}") from None
+        return DataPlaneConfig(
+            bind=self.address(t, (*where, "bind"), "0.0.0.0"),
+            port=self.integer(t, (*where, "port"), 6081, 1, 65535),
+            allow_sources=tuple(networks),
+            batch_size=self.integer(t, (*where, "batch_size"), 64, 1, 1024),
+            receive_buffer_bytes=self.integer(t, (*where, "receive_buffer_bytes"), 8 << 20,
+                                              1 << 16, 1 << 30),
+            send_buffer_bytes=self.integer(t, (*where, "send_buffer_bytes"), 4 << 20,
+                                           1 << 16, 1 << 30),
+        )
+
+    def health(self, data: dict[str, Any]) -> HealthConfig:
+        t = self.table(data, ("health",), {"bind", "port"})
+        return HealthConfig(
+            bind=self.address(t, ("health", "bind"), "0.0.0.0"),
+            port=self.integer(t, ("health", "port"), 80, 1, 65535),
+        )
+
+    def policy(self, data: dict[str, Any]) -> Policy:
+        policy = self.table(data, ("policy",), {"rules"})
+        rules = policy.get("rules", [])
+        if not isinstance(rules, list):
+            raise self.fail(("policy", "rules"), "must be an array of tables ([[policy.rules]])")
+        compiled = [self.rule(raw, ("policy", "rules", i)) for i, raw in enumerate(rules)]
+        names = [r.name for r in compiled]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise self.fail(("policy", "rules", i, "name"), f"duplicate rule name {name!r}")
+        return Policy(compiled)
+
+    def rule(self, raw: Any, where: Path_) -> Rule:
+        if not isinstance(raw, dict):
+            raise self.fail(where, "must be a table")
+        for key in raw:
+            if key not in {"name", "action", "match", "find", "replace", "every"}:
+                raise self.fail((*where, key), "unknown key (known: action, every, find, match, "
+                                "name, replace)")
+        name = raw.get("name", f"rule{where[-1]}")
+        if not isinstance(name, str) or not name:
+            raise self.fail((*where, "name"), "must be a non-empty string")
+        try:
+            action = Action(raw.get("action"))
+        except ValueError:
+            choices = ", ".join(a.value for a in Action)
+            raise self.fail((*where, "action"),
+                            f"unknown action {raw.get('action')!r} (one of {choices})") from None
+        match = self.match(raw.get("match", {}), (*where, "match"))
+        rule = Rule(name=name, action=action, match=match)
+        if action is Action.REPLACE:
+            return self.replace_rule(raw, where, rule)
+        if action is Action.DROP_SEQ_MULTIPLE:
+            if match.protocol not in (PROTO_ICMP, PROTO_ICMPV6):
+                raise self.fail((*where, "match", "protocol"),
+                                "drop_seq_multiple needs protocol icmp or icmpv6")
+            every = self.integer(raw, (*where, "every"), 0, 1, 65536)
+            return Rule(name=name, action=action, match=match, every=every)
+        for key in ("find", "replace", "every"):
+            if key in raw:
+                raise self.fail((*where, key), f"not used by action {action.value!r}")
+        return rule
+
+    def replace_rule(self, raw: dict[str, Any], where: Path_, rule: Rule) -> Rule:
+        if rule.match.protocol not in REWRITABLE_PROTOCOLS:
+            raise self.fail((*where, "match", "protocol"),
+                            "replace needs protocol udp, icmp or icmpv6 (rewriting TCP would "
+                            "break its sequence numbers)")
+        find, replace = raw.get("find"), raw.get("replace")
+        if not isinstance(find, str) or not find:
+            raise self.fail((*where, "find"), "replace needs a non-empty string to find")
+        if not isinstance(replace, str):
+            raise self.fail((*where, "replace"), "replace needs a replacement string")
+        return Rule(name=rule.name, action=rule.action, match=rule.match,
+                    find=find.encode(), replace=replace.encode())
+
+    def match(self, raw: Any, where: Path_) -> Match:
+        known = {"ip_version", "protocol", "port", "src_port", "dst_port", "icmp_type",
+                 "payload_contains"}
+        if not isinstance(raw, dict):
+            raise self.fail(where, "must be a table")
+        for key in raw:
+            if key not in known:
+                raise self.fail((*where, key), f"unknown match (known: {', '.join(sorted(known))})")
+        version = raw.get("ip_version")
+        if version not in (None, 4, 6) or isinstance(version, bool):
+            raise self.fail((*where, "ip_version"), f"must be 4 or 6, not {version!r}")
+        protocol = self.protocol(raw.get("protocol"), (*where, "protocol"))
+        icmp_types = self.numbers(raw, (*where, "icmp_type"), 255)
+        if icmp_types is not None and protocol not in (PROTO_ICMP, PROTO_ICMPV6):
+            raise self.fail((*where, "icmp_type"), "needs protocol icmp or icmpv6")
+        contains = raw.get("payload_contains")
+        if contains is not None and (not isinstance(contains, str) or not contains):
+            raise self.fail((*where, "payload_contains"), "must be a non-empty string")
+        return Match(
+            ip_version=version,
+            protocol=protocol,
+            ports=self.numbers(raw, (*where, "port"), 65535),
+            src_ports=self.numbers(raw, (*where, "src_port"), 65535),
+            dst_ports=self.numbers(raw, (*where, "dst_port"), 65535),
+            icmp_types=icmp_types,
+            payload_contains=contains.encode() if contains else None,
+        )
+
+    def protocol(self, value: Any, where: Path_) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, str) and value.lower() in PROTOCOLS:
+            return PROTOCOLS[value.lower()]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+            return value
+        raise self.fail(where, f"unknown protocol {value!r} (udp, tcp, icmp, icmpv6 or 0-255)")
+
+    def numbers(self, raw: dict[str, Any], where: Path_, high: int) -> frozenset[int] | None:
+        value = raw.get(str(where[-1]))
+        if value is None:
+            return None
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= high:
+                raise self.fail(where, f"must be an integer 0-{high} or a list of them, "
+                                f"not {item!r}")
+        return frozenset(values)
+
+
+def _dotted(where: Path_) -> str:
+    text = ""
+    for part in where:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _locate(text: str, where: Path_) -> int | None:
+    """Best effort: the 1-based line of the key `where` names, or of its table's header.
+
+    The schema is shallow: top-level tables, and the array of tables policy.rules.
+    """
+    if where[:2] == ("policy", "rules") and len(where) > 2:
+        table, occurrence, key = "policy.rules", int(where[2]), where[3] if len(where) > 3 else None
+    elif len(where) >= 2:
+        table, occurrence, key = str(where[0]), 0, where[1]
+    else:
+        table, occurrence, key = "", 0, where[0] if where else None
+    lines = text.splitlines()
+    start: int | None = -1 if not table else None
+    headers = [n for n, line in enumerate(lines) if line.strip().startswith("[")]
+    matching = [n for n in headers if lines[n].strip().strip("[]").strip() == table]
+    if table and occurrence < len(matching):
+        start = matching[occurrence]
+    if start is None:
+        return None
+    stop = min([n for n in headers if n > start] + [len(lines)])
+    for number in range(start + 1, stop):
+        if isinstance(key, str) and re.match(rf"{re.escape(key)}\s*=", lines[number].strip()):
+            return number + 1
+    return start + 1 if table else None

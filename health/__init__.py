@@ -1,0 +1,1 @@
+"""The GWLB health service (Flask under gunicorn) on port 80: reports measured worker liveness."""
