@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian machine, as root, for the demo and the tests: the system tools they use
+# (iproute2, OpenBSD netcat, ping, tcpdump, gcc for the benchmark) and a virtual environment at
+# .venv with the appliance installed (editable) with its test and dev extras. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+nc -h 2>&1 | grep -q OpenBSD || need+=(netcat-openbsd)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "bootstrap: Python 3.11 or newer is needed (found $(python3 -V))" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[test,dev]'
