@@ -1,0 +1,98 @@
+"""Starting the real `applianced` in a test bed's appliance namespace, and reading its counters."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from testbed import Testbed, wait_until
+
+APPLIANCED = str(Path(sys.executable).with_name("applianced"))
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def config_text(runtime_dir: Path, policy: str | None = None, **edits: str) -> str:
+    """The default config with the runtime dir moved to `runtime_dir`, keys set by `edits`
+    (first occurrence of `key = ...` replaced) and the rules replaced by `policy`."""
+    text = DEFAULT_CONFIG.read_text()
+    text = text.replace('dir = "/run/gwlb-appliance"', f'dir = "{runtime_dir}"')
+    for key, value in edits.items():
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)
+    if policy is not None:
+        text = text[: text.index("[[policy.rules]]")] + policy
+    return text
+
+
+class Appliance:
+    """A running applianced: its process, stderr file and runtime dir (stats.json)."""
+
+    def __init__(self, tb: Testbed, k: int, workdir: Path, config: str | None = None) -> None:
+        self.tb = tb
+        self.runtime = workdir / f"run-app{k}"
+        self.config_path = workdir / f"app{k}.toml"
+        self.config_path.write_text(config if config is not None else config_text(self.runtime))
+        self.stderr_path = workdir / f"applianced-app{k}.stderr"
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = tb.popen(tb.ns_app(k), [APPLIANCED, "--config", str(self.config_path)],
+                                 stderr=stderr)
+        if not tb.wait_udp_bound(tb.ns_app(k), 6081, 10.0):
+            tb.stop(self.proc)
+            raise AssertionError(f"applianced never bound 6081:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM and wait; the exit status."""
+        return self.tb.stop(self.proc)
+
+    def counters(self) -> dict[str, Any]:
+        """The counters applianced published last (at the latest once a second, and at exit)."""
+        document: dict[str, Any] = json.loads((self.runtime / "stats.json").read_text())
+        return document["counters"]  # type: ignore[no-any-return]
+
+    def wait_counter(self, name: str, value: int, timeout_s: float = 5.0) -> bool:
+        """True once counter `name` reached `value` in the published stats."""
+        def reached() -> bool:
+            try:
+                return int(self.counters()[name]) >= value
+            except (OSError, ValueError, KeyError):
+                return False
+        return bool(wait_until(reached, timeout_s, 0.05))
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """Run the block with this thread in network namespace `ns` (sockets made there stay there)."""
+    original = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        yield
+    finally:
+        if _libc.setns(original, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back to the original namespace")
+        os.close(target)
+        os.close(original)
+
+
+def socket_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket that lives in namespace `ns`, made from this process."""
+    with in_netns(ns):
+        return socket.socket(family, kind, proto)
+
+
+def run_quiet(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)

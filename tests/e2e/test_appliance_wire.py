@@ -1,0 +1,193 @@
+"""The real applianced on real sockets: what goes back on the wire, byte for byte (scapy checks).
+
+A GWLB peer is played from this process with sockets made inside the bed's gwlb namespace: a UDP
+socket that sends from a chosen outer source port, a UDP socket bound to 6081 (as GWLB has), and a
+raw socket that sees each reply whole, outer IPv4 header included.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from appliance_proc import Appliance, config_text, run_quiet, socket_in
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Packet, Raw, raw
+from testbed import Testbed
+
+pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+
+OPTIONS = (
+    bytes.fromhex("01080102") + bytes(range(1, 9))
+    + bytes.fromhex("01080202") + bytes(range(11, 19))
+    + bytes.fromhex("01080301") + bytes.fromhex("c0ffee01")
+)
+SOURCE_PORT = 40001
+
+
+def gwlb_datagram(inner: Packet) -> bytes:
+    protocol = 0x86DD if isinstance(inner, IPv6) else 0x0800
+    return struct.pack("!BBHI", 0x08, 0, protocol, 0) + OPTIONS + raw(inner)
+
+
+def udp4(payload: bytes, dport: int = 3000) -> Packet:
+    return IP(src="10.77.1.2", dst="10.77.2.2") / UDP(sport=40000, dport=dport) / Raw(payload)
+
+
+class GwlbPeer:
+    """Plays one GWLB node towards appliance 1."""
+
+    def __init__(self, tb: Testbed) -> None:
+        ns, self.gwlb_ip, self.appliance_ip = tb.ns_gwlb, tb.gwlb_ip(1), tb.appliance_ip(1)
+        self.sender = socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.sender.bind((self.gwlb_ip, SOURCE_PORT))
+        self.listener = socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.listener.bind((self.gwlb_ip, 6081))  # no ICMP port unreachable for the replies
+        self.capture = socket_in(ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        self.capture.settimeout(0.2)
+
+    def send(self, *datagrams: bytes) -> None:
+        for datagram in datagrams:
+            self.sender.sendto(datagram, (self.appliance_ip, 6081))
+
+    def replies(self, count: int, timeout_s: float = 5.0) -> list[bytes]:
+        """Whole reply packets from the appliance, until `count` came or `timeout_s` passed."""
+        got: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                packet = self.capture.recv(65535)
+            except TimeoutError:
+                continue
+            from_appliance = packet[12:16] == socket.inet_aton(self.appliance_ip)
+            if from_appliance and packet[22:24] == b"\x17\xc1":  # to port 6081
+                got.append(packet)
+        return got
+
+    def close(self) -> None:
+        for sock in (self.sender, self.listener, self.capture):
+            sock.close()
+
+
+@pytest.fixture
+def peer(testbed: Testbed) -> Iterator[GwlbPeer]:
+    p = GwlbPeer(testbed)
+    yield p
+    p.close()
+
+
+def check_outer(reply: bytes, peer: GwlbPeer) -> bytes:
+    """Assert the outer IPv4/UDP header is as DESIGN.md §1 says; return the Geneve payload."""
+    outer = IP(reply)
+    assert outer.src == peer.appliance_ip and outer.dst == peer.gwlb_ip
+    assert outer[UDP].sport == SOURCE_PORT and outer[UDP].dport == 6081  # ports not swapped
+    assert outer.len == len(reply) and outer[UDP].len == len(reply) - 20
+    rebuilt = IP(reply)
+    del rebuilt.chksum
+    assert IP(raw(rebuilt)).chksum == outer.chksum
+    assert outer[UDP].chksum == 0  # allowed over IPv4 by RFC 8926
+    return reply[28:]
+
+
+def test_pass_through_is_byte_identical_and_rewrite_is_fixed(
+    testbed: Testbed, peer: GwlbPeer, tmp_path: Path
+) -> None:
+    appliance = Appliance(testbed, 1, tmp_path)
+    untouched = [
+        gwlb_datagram(udp4(b"hello", dport=53)),
+        gwlb_datagram(IPv6(src="fd77:1::2", dst="fd77:2::2") / UDP(sport=5060, dport=5060)
+                      / Raw(b"INVITE weakly typed")),  # not port 3000: no rewrite
+        gwlb_datagram(IP(src="10.77.1.2", dst="10.77.2.2", options=b"\x94\x04\x00\x00")
+                      / ICMP(seq=7) / Raw(b"x" * 33)),
+    ]
+    peer.send(*untouched)
+    replies = peer.replies(3)
+    assert sorted(check_outer(r, peer) for r in replies) == sorted(untouched)
+
+    peer.send(gwlb_datagram(IPv6(src="fd77:1::2", dst="fd77:2::2") / UDP(sport=3000, dport=9)
+                            / Raw(b"so weakly typed, weakly typed")))
+    (reply,) = peer.replies(1)
+    geneve = check_outer(reply, peer)
+    assert geneve[:40] == struct.pack("!BBHI", 0x08, 0, 0x86DD, 0) + OPTIONS
+    inner = IPv6(geneve[40:])
+    assert inner[Raw].load == b"so strongly typed, strongly typed"
+    recomputed = inner.copy()
+    del recomputed.plen, recomputed[UDP].len, recomputed[UDP].chksum
+    assert raw(IPv6(raw(recomputed))) == geneve[40:]
+    assert appliance.stop() == 0
+
+
+def test_malformed_datagrams_do_not_hurt_their_batch(
+    testbed: Testbed, peer: GwlbPeer, tmp_path: Path
+) -> None:
+    appliance = Appliance(testbed, 1, tmp_path)
+    good = [gwlb_datagram(udp4(b"first")), gwlb_datagram(udp4(b"weakly typed")),
+            gwlb_datagram(udp4(b"last", dport=123))]
+    without_cookie = struct.pack("!BBHI", 0x06, 0, 0x0800, 0) + OPTIONS[:24] + raw(udp4(b"x"))
+    truncated_inner = gwlb_datagram(udp4(b"cut"))[:-2]
+    # Stop the worker so that everything queues and arrives in one recvmmsg batch.
+    appliance.proc.send_signal(signal.SIGSTOP)
+    peer.send(good[0], b"\x00\x00junk", without_cookie, good[1], truncated_inner,
+              gwlb_datagram(udp4(b"please drop me")), good[2])
+    appliance.proc.send_signal(signal.SIGCONT)
+    replies = [check_outer(r, peer) for r in peer.replies(3)]
+    assert [r[40:] for r in replies] == [
+        raw(udp4(b"first")), raw(IP(raw(udp4(b"strongly typed")))), raw(udp4(b"last", dport=123))
+    ]
+    assert appliance.stop() == 0
+    counters = appliance.counters()
+    assert counters["received"] == 7 and counters["batches"] == 1
+    assert counters["sent"] == 3 and counters["rewritten"] == 1 and counters["dropped"] == 1
+    assert counters["malformed_by_reason"] == {
+        "truncated": 1, "geneve_missing_aws_option": 1, "ip_length_mismatch": 1,
+    }
+    assert counters["dropped_by_rule"] == {"drop-me": 1}
+
+
+def test_jumbo_inner_packets_and_the_8500_byte_limit(
+    testbed: Testbed, peer: GwlbPeer, tmp_path: Path
+) -> None:
+    appliance = Appliance(testbed, 1, tmp_path)
+    filler = 8500 - 20 - 8
+    biggest = gwlb_datagram(udp4(b"z" * filler, dport=80))
+    peer.send(biggest)
+    (reply,) = peer.replies(1)
+    assert check_outer(reply, peer) == biggest and len(reply) == 8500 + 68
+    # One replace grows the packet by 2 bytes: at the limit that must drop it, not send 8502.
+    at_limit = gwlb_datagram(udp4(b"weakly typed" + b"z" * (filler - 12)))
+    peer.send(at_limit)
+    assert appliance.wait_counter("oversize", 1)
+    assert peer.replies(1, timeout_s=0.5) == []
+    assert appliance.stop() == 0
+
+
+def test_allow_list_drops_and_counts_other_sources(
+    testbed: Testbed, peer: GwlbPeer, tmp_path: Path
+) -> None:
+    runtime = tmp_path / "run-app1"
+    config = config_text(runtime, allow_sources='["10.77.250.0/24"]')
+    appliance = Appliance(testbed, 1, tmp_path, config=config)
+    before = testbed.snmp(testbed.ns_app(1))["Udp"]["NoPorts"]
+    peer.send(gwlb_datagram(udp4(b"from a stranger")))
+    assert appliance.wait_counter("disallowed_source", 1)
+    assert peer.replies(1, timeout_s=0.5) == []
+    assert testbed.snmp(testbed.ns_app(1))["Udp"]["NoPorts"] == before
+    assert appliance.stop() == 0
+
+
+def test_unbindable_address_is_a_boot_error(testbed: Testbed, tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    config = tmp_path / "c.toml"
+    config.write_text(config_text(runtime, bind='"10.77.250.9"'))
+    from appliance_proc import APPLIANCED
+
+    done = run_quiet(["ip", "netns", "exec", testbed.ns_app(1), APPLIANCED, "--config",
+                      str(config)])
+    assert done.returncode == 3
+    assert "cannot bind UDP 10.77.250.9:6081" in done.stderr and "Traceback" not in done.stderr
