@@ -28,6 +28,10 @@ class Counter(enum.IntEnum):
     BATCHES = 10
 
 
+# What the worker refused to send back, for a one-number "drops" column.
+REFUSALS = (Counter.DROPPED, Counter.MALFORMED, Counter.OVERSIZE, Counter.UNREWRITABLE,
+            Counter.DISALLOWED_SOURCE, Counter.SEND_ERRORS)
+
 # errno values a raw send can plausibly meet; anything else lands in the last bucket.
 SEND_ERRNOS = (errno.EPERM, errno.ENOBUFS, errno.EMSGSIZE, errno.ENETUNREACH, errno.EHOSTUNREACH,
                errno.EINVAL, errno.EACCES, 0)
@@ -66,4 +70,19 @@ def snapshot(counters: memoryview, rule_names: tuple[str, ...] = ()) -> dict[str
         (errno.errorcode.get(code, "other") if code else "other"): counters[SEND_ERRNO_BASE + i]
         for i, code in enumerate(SEND_ERRNOS) if counters[SEND_ERRNO_BASE + i]
     }
+    return out
+
+
+def total(snapshots: list[dict[str, object]]) -> dict[str, object]:
+    """Sum per-worker snapshots (numbers add, nested dicts add key by key)."""
+    out: dict[str, object] = {}
+    for snap in snapshots:
+        for key, value in snap.items():
+            if isinstance(value, dict):
+                into = out.setdefault(key, {})
+                assert isinstance(into, dict)
+                for name, count in value.items():
+                    into[name] = into.get(name, 0) + count
+            else:
+                out[key] = int(out.get(key, 0)) + int(value)  # type: ignore[call-overload]
     return out

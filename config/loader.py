@@ -16,7 +16,13 @@ from typing import Any
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from appliance.policy import REWRITABLE_PROTOCOLS, Action, Match, Policy, Rule
 from config.errors import ConfigError
-from config.schema import ApplianceConfig, DataPlaneConfig, HealthConfig
+from config.schema import (
+    ApplianceConfig,
+    ControlConfig,
+    DataPlaneConfig,
+    HealthConfig,
+    WorkersConfig,
+)
 
 PROTOCOLS = {"icmp": PROTO_ICMP, "tcp": PROTO_TCP, "udp": PROTO_UDP, "icmpv6": PROTO_ICMPV6}
 Path_ = tuple[str | int, ...]
@@ -81,27 +87,60 @@ class _Reader:
             raise self.fail(where, f"must be an IPv4 address, not {value!r}") from None
 
     def config(self, data: dict[str, Any]) -> ApplianceConfig:
-        self.table(data, (), {"dataplane", "workers", "runtime", "health", "policy"})
-        workers = self.table(data, ("workers",), {"count"})
-        count = workers.get("count", "auto")
+        self.table(data, (), {"dataplane", "workers", "runtime", "health", "policy", "control"})
         runtime = self.table(data, ("runtime",), {"dir"})
-        runtime_dir = runtime.get("dir", "/run/gwlb-appliance")
-        if not isinstance(runtime_dir, str) or not runtime_dir.startswith("/"):
-            raise self.fail(("runtime", "dir"), f"must be an absolute path, not {runtime_dir!r}")
         return ApplianceConfig(
             source=self.source,
             dataplane=self.dataplane(data),
             health=self.health(data),
-            workers=None if count == "auto" else self.integer(workers, ("workers", "count"), 1,
-                                                               1, 1024),
-            runtime_dir=Path(runtime_dir),
+            workers=self.workers(data),
+            control=self.control(data),
+            runtime_dir=self.path(runtime, ("runtime", "dir"), "/run/gwlb-appliance"),
             policy=self.policy(data),
+        )
+
+    def path(self, table: dict[str, Any], where: Path_, default: str) -> Path:
+        value = table.get(str(where[-1]), default)
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise self.fail(where, f"must be an absolute path, not {value!r}")
+        return Path(value)
+
+    def seconds(self, table: dict[str, Any], where: Path_, default: float) -> float:
+        value = table.get(str(where[-1]), default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.1 <= value <= 3600:
+            raise self.fail(where, f"must be a number of seconds from 0.1 to 3600, not {value!r}")
+        return float(value)
+
+    def workers(self, data: dict[str, Any]) -> WorkersConfig:
+        where: Path_ = ("workers",)
+        t = self.table(data, where, {"count", "heartbeat_timeout_s", "stop_timeout_s"})
+        count = t.get("count", "auto")
+        return WorkersConfig(
+            count=None if count == "auto" else self.integer(t, (*where, "count"), 1, 1, 1024),
+            heartbeat_timeout_s=self.seconds(t, (*where, "heartbeat_timeout_s"), 5.0),
+            stop_timeout_s=self.seconds(t, (*where, "stop_timeout_s"), 5.0),
+        )
+
+    def control(self, data: dict[str, Any]) -> ControlConfig:
+        where: Path_ = ("control",)
+        t = self.table(data, where, {"socket", "mode", "group"})
+        mode = t.get("mode", "0600")
+        if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3}", mode):
+            raise self.fail((*where, "mode"), f'must be an octal string like "0600", not {mode!r}')
+        group = t.get("group")
+        if group is not None and (not isinstance(group, str) or not group):
+            raise self.fail((*where, "group"), "must be a group name")
+        socket = t.get("socket")
+        return ControlConfig(
+            socket=None if socket is None else self.path(t, (*where, "socket"), ""),
+            mode=int(mode, 8),
+            group=group,
         )
 
     def dataplane(self, data: dict[str, Any]) -> DataPlaneConfig:
         where: Path_ = ("dataplane",)
         known = {"bind", "port", "allow_sources", "batch_size", "receive_buffer_bytes",
-                 "send_buffer_bytes"}
+                 "send_buffer_bytes", "steering"}
         t = self.table(data, where, known)
         sources = t.get("allow_sources", [])
         if not isinstance(sources, list):
@@ -122,7 +161,15 @@ class _Reader:
                                               1 << 16, 1 << 30),
             send_buffer_bytes=self.integer(t, (*where, "send_buffer_bytes"), 4 << 20,
                                            1 << 16, 1 << 30),
+            steering=self.choice(t, (*where, "steering"), "inner-flow", ("inner-flow", "kernel")),
         )
+
+    def choice(self, table: dict[str, Any], where: Path_, default: str,
+               choices: tuple[str, ...]) -> str:
+        value = table.get(str(where[-1]), default)
+        if value not in choices:
+            raise self.fail(where, f"must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
 
     def health(self, data: dict[str, Any]) -> HealthConfig:
         t = self.table(data, ("health",), {"bind", "port"})
@@ -257,7 +304,7 @@ def _locate(text: str, where: Path_) -> int | None:
     lines = text.splitlines()
     start: int | None = -1 if not table else None
     headers = [n for n, line in enumerate(lines) if line.strip().startswith("[")]
-    matching = [n for n in headers if lines[n].strip().strip("[]").strip() == table]
+    matching = [n for n in headers if _header_name(lines[n]) == table]
     if table and occurrence < len(matching):
         start = matching[occurrence]
     if start is None:
@@ -266,4 +313,13 @@ def _locate(text: str, where: Path_) -> int | None:
     for number in range(start + 1, stop):
         if isinstance(key, str) and re.match(rf"{re.escape(key)}\s*=", lines[number].strip()):
             return number + 1
+    if not table and isinstance(key, str):  # a top-level table: its header is the place
+        for n in headers:
+            if _header_name(lines[n]) == key or _header_name(lines[n]).startswith(f"{key}."):
+                return n + 1
     return start + 1 if table else None
+
+
+def _header_name(line: str) -> str:
+    """The table name of a header line: `[a.b]  # note` and `[[a.b]]` give `a.b`."""
+    return line.split("#", 1)[0].strip().strip("[]").strip()

@@ -19,6 +19,7 @@ class DataPlaneConfig:
     batch_size: int = 64
     receive_buffer_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
+    steering: str = "inner-flow"  # or "kernel": the kernel's reuseport hash of the outer header
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,29 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    count: int | None = None  # None: one per CPU
+    heartbeat_timeout_s: float = 5.0  # a worker silent this long is stuck: SIGABRT, then SIGKILL
+    stop_timeout_s: float = 5.0  # graceful stop, then SIGKILL
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path | None = None  # None: control.sock in the runtime dir
+    mode: int = 0o600
+    group: str | None = None
+
+
+@dataclass(frozen=True)
 class ApplianceConfig:
     source: str  # the file it came from, for messages
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
-    workers: int | None = None  # None: one per CPU
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     runtime_dir: Path = DEFAULT_RUNTIME_DIR
     policy: Policy = field(default_factory=Policy)
+
+    @property
+    def control_socket(self) -> Path:
+        return self.control.socket or self.runtime_dir / "control.sock"

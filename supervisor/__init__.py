@@ -1,1 +1,1 @@
-"""The appliance's process management: the daemon (`applianced`) and the admin CLI (`appliancectl`)."""
+"""Process management: the daemon (`applianced`) and the admin CLI (`appliancectl`)."""

@@ -1,112 +1,81 @@
-"""`applianced`: load the config, open the data-path sockets, run the worker in the foreground.
+"""`applianced`: the appliance daemon, in the foreground, logging to stderr.
 
-Exit codes are a protocol for whoever starts us (systemd, the tests, later the supervisor):
-0 stopped by SIGTERM/SIGINT, 2 the config was refused, 3 the data path could not boot.
+It loads and validates the config, then hands over to the supervisor (supervisor/service.py),
+which configures the interfaces, opens the sockets, forks one worker per CPU and keeps them alive.
+Exit codes are a protocol for whoever starts us (systemd, the tests): 0 stopped by SIGTERM/SIGINT
+or `appliancectl shutdown`, 2 the config or the command line was refused, 3 the data path could
+not boot (a socket could not be opened, a worker could not start).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
 import sys
-import time
 from pathlib import Path
-from types import FrameType
 
-import orjson
-
-from appliance.counters import new_counters, snapshot
 from appliance.errors import BootError
-from appliance.sockets import open_data_socket, open_raw_socket
-from appliance.sources import SourceFilter
-from appliance.worker import Worker
 from config.errors import ConfigError
-from config.loader import load_config
-from config.schema import ApplianceConfig
+from config.loader import default_config_path
+from supervisor.arbiter import EXIT_BOOT
+from supervisor.control import LogRing
+from supervisor.service import Service, load
 
-EXIT_OK = 0
 EXIT_CONFIG = 2
-EXIT_BOOT = 3
-STATS_INTERVAL_NS = 1_000_000_000
+LOG_FORMAT = "applianced[%(process)d]: %(levelname)s: %(message)s"
 
 log = logging.getLogger("applianced")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="applianced", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="config file (default: the shipped demo policy)")
-    parser.add_argument("--workers", default=None, help="worker count: a number or 'auto'")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config file (default: the shipped demo policy)")
+    parser.add_argument("--workers", type=_workers, default=None,
+                        help="worker processes: a number or 'auto' (one per CPU; the default)")
     return parser.parse_args(argv)
+
+
+def _workers(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if text.isdigit() and 1 <= int(text) <= 1024:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be a number from 1 to 1024 or 'auto', not {text!r}")
+
+
+def setup_logging(ring: LogRing) -> None:
+    formatter = logging.Formatter(LOG_FORMAT)
+    stderr = logging.StreamHandler(sys.stderr)
+    for handler in (stderr, ring):
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format=f"applianced[{os.getpid()}]: %(levelname)s: %(message)s",
-    )
+    ring = LogRing()
+    setup_logging(ring)
+    path = args.config or default_config_path()
     try:
-        config = load_config(args.config)
-    except ConfigError as error:
+        text, config = load(path)
+    except OSError as error:
+        log.error("config refused: %s: cannot read: %s", path, error.strerror or error)
+        return EXIT_CONFIG
+    except (ConfigError, UnicodeDecodeError) as error:
         log.error("config refused: %s", error)
         return EXIT_CONFIG
-    if args.workers not in (None, "auto", "1"):
-        log.warning("--workers %s: this build runs one worker in the foreground", args.workers)
     try:
-        worker = boot_worker(config)
+        service = Service(path, text, config, args.workers, ring)
     except BootError as error:
         log.error("cannot boot the data path: %s", error.strerror or error)
         return EXIT_BOOT
-    return run(worker, config)
-
-
-def boot_worker(config: ApplianceConfig) -> Worker:
-    """Open the sockets (the privileged part) and build the worker."""
-    plane = config.dataplane
-    raw = open_raw_socket(plane.send_buffer_bytes)
-    data = open_data_socket(plane.bind, plane.port, plane.receive_buffer_bytes)
-    sources = SourceFilter(plane.allow_sources) if plane.allow_sources else None
-    worker = Worker(data, raw, config.policy, new_counters(), sources, plane.batch_size)
-    log.info(
-        "worker ready on %s:%d, %d rules from %s", plane.bind, plane.port,
-        len(config.policy.rules), config.source,
-    )
-    return worker
-
-
-def run(worker: Worker, config: ApplianceConfig) -> int:
-    names = tuple(rule.name for rule in config.policy.rules)
-    stats_file = config.runtime_dir / "stats.json"
-    config.runtime_dir.mkdir(parents=True, exist_ok=True)
-    last_write = [0]
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        worker.stopping = True  # only a flag: the loop finishes its batch and returns
-
-    def heartbeat() -> None:
-        now = time.monotonic_ns()
-        if now - last_write[0] >= STATS_INTERVAL_NS:
-            last_write[0] = now
-            write_stats(stats_file, worker, names)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    worker.heartbeat = heartbeat
-    worker.run()
-    write_stats(stats_file, worker, names)
-    log.info("stopped: %s", orjson.dumps(snapshot(worker.counters, names)).decode())
-    return EXIT_OK
-
-
-def write_stats(path: Path, worker: Worker, rule_names: tuple[str, ...]) -> None:
-    """Publish the counters for readers (atomically: readers never see a half-written file)."""
-    document = {"pid": os.getpid(), "monotonic_ns": time.monotonic_ns(),
-                "counters": snapshot(worker.counters, rule_names)}
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(orjson.dumps(document))
-    temporary.replace(path)
+    except OSError as error:
+        log.error("cannot boot: %s", error)
+        return EXIT_BOOT
+    return service.run()
 
 
 if __name__ == "__main__":

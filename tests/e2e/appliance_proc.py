@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import re
 import socket
@@ -15,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from testbed import Testbed, wait_until
+
+from appliance.counters import snapshot, total
+from appliance.stats import H, S, StatsTable
+from config.loader import load_config
 
 APPLIANCED = str(Path(sys.executable).with_name("applianced"))
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
@@ -37,18 +40,32 @@ def config_text(runtime_dir: Path, policy: str | None = None, **edits: str) -> s
 class Appliance:
     """A running applianced: its process, stderr file and runtime dir (stats.json)."""
 
-    def __init__(self, tb: Testbed, k: int, workdir: Path, config: str | None = None) -> None:
+    def __init__(self, tb: Testbed, k: int, workdir: Path, config: str | None = None,
+                 workers: int = 1) -> None:
         self.tb = tb
         self.runtime = workdir / f"run-app{k}"
         self.config_path = workdir / f"app{k}.toml"
         self.config_path.write_text(config if config is not None else config_text(self.runtime))
         self.stderr_path = workdir / f"applianced-app{k}.stderr"
         with open(self.stderr_path, "wb") as stderr:
-            self.proc = tb.popen(tb.ns_app(k), [APPLIANCED, "--config", str(self.config_path)],
-                                 stderr=stderr)
-        if not tb.wait_udp_bound(tb.ns_app(k), 6081, 10.0):
+            self.proc = tb.popen(tb.ns_app(k), [APPLIANCED, "--config", str(self.config_path),
+                                                "--workers", str(workers)], stderr=stderr)
+        if not wait_until(self.ready, 15.0, 0.02):
             tb.stop(self.proc)
-            raise AssertionError(f"applianced never bound 6081:\n{self.stderr()}")
+            raise AssertionError(f"applianced never became ready:\n{self.stderr()}")
+
+    def ready(self) -> bool:
+        """Every worker has sent its first heartbeat (the supervisor's READY flag)."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"applianced exited {self.proc.returncode}:\n{self.stderr()}")
+        try:
+            return bool(StatsTable.open(self.runtime).header[H.READY])
+        except (OSError, ValueError):
+            return False
+
+    def worker_pids(self) -> list[int]:
+        table = StatsTable.open(self.runtime)
+        return [int(table.slot(k)[S.PID]) for k in range(table.slots)]
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -58,9 +75,10 @@ class Appliance:
         return self.tb.stop(self.proc)
 
     def counters(self) -> dict[str, Any]:
-        """The counters applianced published last (at the latest once a second, and at exit)."""
-        document: dict[str, Any] = json.loads((self.runtime / "stats.json").read_text())
-        return document["counters"]  # type: ignore[no-any-return]
+        """Every worker's counters added up, read from the stats table (also after the exit)."""
+        table = StatsTable.open(self.runtime)
+        names = tuple(r.name for r in load_config(self.runtime / "config.toml").policy.rules)
+        return total([snapshot(table.counters(k), names) for k in range(table.slots)])
 
     def wait_counter(self, name: str, value: int, timeout_s: float = 5.0) -> bool:
         """True once counter `name` reached `value` in the published stats."""

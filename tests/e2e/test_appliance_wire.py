@@ -7,6 +7,7 @@ raw socket that sees each reply whole, outer IPv4 header included.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -132,10 +133,11 @@ def test_malformed_datagrams_do_not_hurt_their_batch(
     without_cookie = struct.pack("!BBHI", 0x06, 0, 0x0800, 0) + OPTIONS[:24] + raw(udp4(b"x"))
     truncated_inner = gwlb_datagram(udp4(b"cut"))[:-2]
     # Stop the worker so that everything queues and arrives in one recvmmsg batch.
-    appliance.proc.send_signal(signal.SIGSTOP)
+    (worker,) = appliance.worker_pids()
+    os.kill(worker, signal.SIGSTOP)
     peer.send(good[0], b"\x00\x00junk", without_cookie, good[1], truncated_inner,
               gwlb_datagram(udp4(b"please drop me")), good[2])
-    appliance.proc.send_signal(signal.SIGCONT)
+    os.kill(worker, signal.SIGCONT)
     replies = [check_outer(r, peer) for r in peer.replies(3)]
     assert [r[40:] for r in replies] == [
         raw(udp4(b"first")), raw(IP(raw(udp4(b"strongly typed")))), raw(udp4(b"last", dport=123))
