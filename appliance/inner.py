@@ -116,6 +116,8 @@ def _parse_ipv6(buf: Buffer, start: int, end: int) -> InnerPacket:
                 routed = True  # RFC 8200 §8.1: the pseudo-header uses the final destination
             words = buf[offset + 1]
             size = (words + 2) * 4 if next_header == EXT_AUTH else (words + 1) * 8
+            if offset + size > end:  # report the header that overruns, not a place past the end
+                raise DecodeError("ipv6", offset, Reason.TRUNCATED, f"extension {next_header}")
             next_header = buf[offset]
             offset += size
         elif next_header == EXT_FRAGMENT:
@@ -126,8 +128,6 @@ def _parse_ipv6(buf: Buffer, start: int, end: int) -> InnerPacket:
             next_header = buf[offset]
             offset += 8
         else:
-            if offset > end:
-                raise DecodeError("ipv6", offset, Reason.TRUNCATED, "extension overrun")
             return _transport(buf, 6, start, end, next_header, offset, fragment, routed)
     raise DecodeError("ipv6", offset, Reason.IPV6_EXTENSION_CHAIN, "too many extension headers")
 

@@ -6,7 +6,8 @@ Semantics, in rule order:
 - `drop` and `drop_seq_multiple` (ICMP echo whose sequence number is a multiple of `every`) drop:
   the first matching drop wins, even over a replace that matched before it;
 - `replace` rewrites every occurrence of `find` in the payload (it matches only when `find` is
-  there); all matching replaces apply, in rule order;
+  in the payload as it arrived); all matching replaces apply, in rule order, each to the result
+  of the one before;
 - `pass` stops the evaluation: later rules are not asked.
 Fragments: a later fragment has no transport header and passes untouched; a first fragment is
 subject to drop rules, but a replace cannot be done without reassembly, so it is dropped instead.

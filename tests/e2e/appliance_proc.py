@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from testbed import Testbed, wait_until
 
 from appliance.counters import snapshot, total
@@ -114,3 +115,15 @@ def socket_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
 
 def run_quiet(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+APPLIANCECTL = str(Path(sys.executable).with_name("appliancectl"))
+
+
+def ctl(runtime: Path, *args: str) -> tuple[int, Any]:
+    """Run appliancectl against the daemon of `runtime` with --json; (exit code, reply or text)."""
+    done = run_quiet([APPLIANCECTL, "--socket", str(runtime / "control.sock"), "--json", *args])
+    try:
+        return done.returncode, orjson.loads(done.stdout)
+    except orjson.JSONDecodeError:
+        return done.returncode, done.stdout + done.stderr

@@ -1,0 +1,376 @@
+"""The config loader: the shipped default, and broken files refused with file, key, line, reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP
+from appliance.policy import Action
+from config.errors import ConfigError
+from config.loader import default_config_path, load_config, parse_config
+
+
+def line_of(text: str, needle: str, occurrence: int = 0) -> int:
+    """The 1-based number of the line holding the `occurrence`-th `needle` in `text`."""
+    found = [n for n, line in enumerate(text.splitlines(), 1) if needle in line]
+    return found[occurrence]
+
+
+# ---- the shipped default -----------------------------------------------------------------------
+
+
+def test_default_config_is_the_demo_policy():
+    config = load_config()
+    assert Path(config.source) == default_config_path()
+    assert default_config_path().is_file()
+    rules = config.policy.rules
+    assert [r.name for r in rules] == [
+        "drop-me",
+        "weakly-to-strongly-typed",
+        "icmp-echo-every-fifth",
+        "icmpv6-echo-every-fifth",
+    ]
+    drop, replace, echo4, echo6 = rules
+    assert drop.action is Action.DROP
+    assert drop.match.protocol == PROTO_UDP
+    assert drop.match.ports == frozenset({3000})
+    assert drop.match.payload_contains == b"drop me"
+    assert replace.action is Action.REPLACE
+    assert (replace.match.protocol, replace.match.ports) == (PROTO_UDP, frozenset({3000}))
+    assert (replace.find, replace.replace) == (b"weakly typed", b"strongly typed")
+    assert echo4.action is echo6.action is Action.DROP_SEQ_MULTIPLE
+    assert (echo4.match.protocol, echo4.match.icmp_types, echo4.every) == (
+        PROTO_ICMP,
+        frozenset({0, 8}),
+        5,
+    )
+    assert (echo6.match.protocol, echo6.match.icmp_types, echo6.every) == (
+        PROTO_ICMPV6,
+        frozenset({128, 129}),
+        5,
+    )
+
+
+def test_default_config_values():
+    config = load_config(default_config_path())
+    assert (config.dataplane.bind, config.dataplane.port) == ("0.0.0.0", 6081)
+    assert config.dataplane.allow_sources == ()
+    assert config.dataplane.batch_size == 64
+    assert (config.health.bind, config.health.port) == ("0.0.0.0", 80)
+    assert config.workers.count is None  # "auto": one per CPU
+    assert config.runtime_dir == Path("/run/gwlb-appliance")
+
+
+def test_empty_file_means_defaults_and_no_rules(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    config = load_config(path)
+    assert config.policy.rules == ()
+    assert config.dataplane.port == 6081
+    assert config.source == str(path)
+
+
+def test_values_are_read():
+    config = parse_config("""
+[dataplane]
+bind = "10.0.0.7"
+port = 6082
+allow_sources = ["10.1.0.0/16", "10.2.3.4"]
+batch_size = 8
+receive_buffer_bytes = 65536
+send_buffer_bytes = 1048576
+
+[workers]
+count = 3
+
+[runtime]
+dir = "/tmp/appliance-run"
+
+[health]
+bind = "127.0.0.1"
+port = 8080
+
+[[policy.rules]]
+name = "stop-here"
+action = "pass"
+match = { ip_version = 6, protocol = 17, src_port = [53, 123], dst_port = 9 }
+""")
+    plane = config.dataplane
+    assert (plane.bind, plane.port, plane.batch_size) == ("10.0.0.7", 6082, 8)
+    assert plane.allow_sources == (
+        ipaddress.IPv4Network("10.1.0.0/16"),
+        ipaddress.IPv4Network("10.2.3.4/32"),
+    )
+    assert (plane.receive_buffer_bytes, plane.send_buffer_bytes) == (65536, 1048576)
+    assert config.workers.count == 3
+    assert config.runtime_dir == Path("/tmp/appliance-run")
+    assert (config.health.bind, config.health.port) == ("127.0.0.1", 8080)
+    (rule,) = config.policy.rules
+    assert rule.action is Action.PASS
+    assert (rule.match.ip_version, rule.match.protocol) == (6, PROTO_UDP)
+    assert (rule.match.src_ports, rule.match.dst_ports) == (frozenset({53, 123}), frozenset({9}))
+
+
+# ---- broken configs ----------------------------------------------------------------------------
+
+RULE = """
+[[policy.rules]]
+name = "first"
+action = "drop"
+match = { protocol = "udp", port = 3000, payload_contains = "drop me" }
+"""
+
+# (id, text, key path, the text on the line the error must name, words the reason must contain)
+BROKEN = [
+    (
+        "bad-toml",
+        "[dataplane]\nport = 6081\nbatch_size = 64 64\n",
+        "",
+        "batch_size = 64 64",
+        "not valid TOML",
+    ),
+    ("bad-toml-unclosed-string", RULE + 'name = "oops\n', "", 'name = "oops', "not valid TOML"),
+    (
+        "unknown-action",
+        RULE + '\n[[policy.rules]]\nname = "x"\naction = "reject"\n',
+        "policy.rules[1].action",
+        'action = "reject"',
+        "unknown action 'reject'",
+    ),
+    # a key that is missing: the line of its table's header
+    (
+        "missing-action",
+        '# no action\n\n[[policy.rules]]\nname = "x"\n',
+        "policy.rules[0].action",
+        "[[policy.rules]]",
+        "unknown action None",
+    ),
+    (
+        "port-too-big",
+        RULE.replace("port = 3000", "port = 70000"),
+        "policy.rules[0].match.port",
+        "port = 70000",
+        "not 70000",
+    ),
+    (
+        "port-negative",
+        RULE.replace("port = 3000", "port = -1"),
+        "policy.rules[0].match.port",
+        "port = -1",
+        "not -1",
+    ),
+    (
+        "port-string",
+        RULE.replace("port = 3000", 'port = "3000"'),
+        "policy.rules[0].match.port",
+        'port = "3000"',
+        "not '3000'",
+    ),
+    (
+        "port-list-bad-item",
+        RULE.replace("port = 3000", 'dst_port = [53, "x"]'),
+        "policy.rules[0].match.dst_port",
+        'dst_port = [53, "x"]',
+        "not 'x'",
+    ),
+    (
+        "listen-port-zero",
+        '[dataplane]\nbind = "0.0.0.0"\nport = 0\n',
+        "dataplane.port",
+        "port = 0",
+        "must be an integer from 1 to 65535, not 0",
+    ),
+    ("listen-port-string", '[health]\nport = "80"\n', "health.port", 'port = "80"', "not '80'"),
+    (
+        "typo-in-table",
+        "[dataplane]\nport = 6081\nbatch_sise = 32\n",
+        "dataplane.batch_sise",
+        "batch_sise",
+        "unknown key",
+    ),
+    (
+        "typo-in-rule",
+        RULE.replace("action =", "acton ="),
+        "policy.rules[0].acton",
+        "acton =",
+        "unknown key",
+    ),
+    (
+        "typo-in-match",
+        RULE.replace("payload_contains", "payload_contain"),
+        "policy.rules[0].match.payload_contain",
+        "payload_contain",
+        "unknown match",
+    ),
+    ("typo-top-level-table", RULE + "\n[helth]\nport = 80\n", "helth", "[helth]", "unknown key"),
+    (
+        "replace-on-tcp",
+        '[[policy.rules]]\nname = "r"\naction = "replace"\n'
+        'match = { protocol = "tcp", port = 80 }\nfind = "a"\nreplace = "b"\n',
+        "policy.rules[0].match.protocol",
+        "match = {",
+        "replace needs protocol udp",
+    ),
+    (
+        "replace-any-protocol",
+        '[[policy.rules]]\nname = "r"\naction = "replace"\nfind = "a"\nreplace = "b"\n',
+        "policy.rules[0].match.protocol",
+        "[[policy.rules]]",
+        "replace needs protocol udp",
+    ),
+    (
+        "replace-empty-find",
+        '[[policy.rules]]\nname = "r"\naction = "replace"\n'
+        'match = { protocol = "udp" }\nfind = ""\nreplace = "b"\n',
+        "policy.rules[0].find",
+        'find = ""',
+        "non-empty",
+    ),
+    (
+        "drop-seq-on-udp",
+        '[[policy.rules]]\nname = "d"\naction = "drop_seq_multiple"\n'
+        'match = { protocol = "udp" }\nevery = 5\n',
+        "policy.rules[0].match.protocol",
+        "match = {",
+        "drop_seq_multiple needs protocol icmp",
+    ),
+    (
+        "drop-seq-every-zero",
+        '[[policy.rules]]\nname = "d"\naction = "drop_seq_multiple"\n'
+        'match = { protocol = "icmp" }\nevery = 0\n',
+        "policy.rules[0].every",
+        "every = 0",
+        "not 0",
+    ),
+    (
+        "icmp-type-on-udp",
+        RULE.replace('protocol = "udp"', 'protocol = "udp", icmp_type = 8'),
+        "policy.rules[0].match.icmp_type",
+        "icmp_type = 8",
+        "needs protocol icmp",
+    ),
+    (
+        "find-on-drop",
+        RULE + 'find = "x"\n',
+        "policy.rules[0].find",
+        'find = "x"',
+        "not used by action 'drop'",
+    ),
+    (
+        "duplicate-rule-names",
+        RULE + RULE.replace('action = "drop"', 'action = "pass"'),
+        "policy.rules[1].name",
+        ('name = "first"', 1),
+        "duplicate rule name 'first'",
+    ),
+    (
+        "bad-cidr",
+        '[dataplane]\nallow_sources = ["10.0.0.0/8", "10.0.0.300/24"]\n',
+        "dataplane.allow_sources[1]",
+        "allow_sources",
+        "not an IPv4 network: '10.0.0.300/24'",
+    ),
+    (
+        "ipv6-cidr",
+        '[dataplane]\nallow_sources = ["fd00::/8"]\n',
+        "dataplane.allow_sources[0]",
+        "allow_sources",
+        "not an IPv4 network",
+    ),
+    (
+        "bad-bind",
+        '[dataplane]\nbind = "localhost"\n',
+        "dataplane.bind",
+        "bind =",
+        "must be an IPv4 address",
+    ),
+    (
+        "runtime-dir-relative",
+        '[runtime]\ndir = "run/gwlb-appliance"\n',
+        "runtime.dir",
+        "dir =",
+        "must be an absolute path",
+    ),
+    ("workers-zero", "[workers]\ncount = 0\n", "workers.count", "count = 0", "not 0"),
+    (
+        "header-with-comment",
+        "[dataplane]   # the Geneve listener\nport = 0\n",
+        "dataplane.port",
+        "port = 0",
+        "not 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "line", "reason"), [pytest.param(*case[1:], id=case[0]) for case in BROKEN]
+)
+def test_broken_config_is_refused_with_file_key_line_reason(tmp_path, text, where, line, reason):
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    error = caught.value
+    assert isinstance(error, ValueError)
+    assert error.file == str(path)
+    assert error.where == where
+    assert reason in error.reason
+    needle, occurrence = line if isinstance(line, tuple) else (line, 0)
+    assert error.line == line_of(text, needle, occurrence)
+    message = str(error)
+    assert message.startswith(f"{path}:{error.line}: ")
+    assert where in message and reason in message
+
+
+def test_unreadable_file_is_refused(tmp_path):
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.file == str(path)
+    assert "cannot read" in str(caught.value)
+
+
+def test_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[dataplane]\nbind = "\xe9"\n')
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(path)
+
+
+# ---- the real daemon refuses a broken config ---------------------------------------------------
+
+
+def applianced() -> list[str]:
+    script = Path(sys.executable).with_name("applianced")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "supervisor.daemon"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('[[policy.rules]]\nname = "x"\naction = "reject"\n', "unknown action 'reject'"),
+        ("[dataplane]\nport = 6081\nbatch_size = 64 64\n", "not valid TOML"),
+    ],
+    ids=["unknown-action", "bad-toml"],
+)
+def test_applianced_exits_2_on_a_broken_config(tmp_path, text, reason):
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    result = subprocess.run(
+        [*applianced(), "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{path}:3" in result.stderr
+    assert reason in result.stderr
+    assert "Traceback" not in result.stderr
