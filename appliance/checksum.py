@@ -1,8 +1,8 @@
 """Internet checksums: RFC 1071 sums and RFC 1624 incremental updates.
 
-Why `int.from_bytes` and `% 0xFFFF`: 2**16 is 1 modulo 0xFFFF, so the one's-complement sum of the
-16-bit big-endian words of a buffer is the buffer read as one big integer, modulo 0xFFFF. One C-level
-conversion and one modulo replace a Python loop over words. The only care needed is the
+Why `int.from_bytes` and `% 0xFFFF`: 2**16 is 1 modulo 0xFFFF, so the one's-complement sum of
+the 16-bit big-endian words of a buffer is the buffer read as one big integer, modulo 0xFFFF. One
+C-level conversion and one modulo replace a Python loop over words. The only care needed is the
 representation of zero: a non-zero buffer whose words sum to a multiple of 0xFFFF has the
 one's-complement sum 0xFFFF (negative zero), as an end-around-carry adder computes it.
 """

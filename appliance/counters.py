@@ -29,12 +29,26 @@ class Counter(enum.IntEnum):
 
 
 # What the worker refused to send back, for a one-number "drops" column.
-REFUSALS = (Counter.DROPPED, Counter.MALFORMED, Counter.OVERSIZE, Counter.UNREWRITABLE,
-            Counter.DISALLOWED_SOURCE, Counter.SEND_ERRORS)
+REFUSALS = (
+    Counter.DROPPED,
+    Counter.MALFORMED,
+    Counter.OVERSIZE,
+    Counter.UNREWRITABLE,
+    Counter.DISALLOWED_SOURCE,
+    Counter.SEND_ERRORS,
+)
 
 # errno values a raw send can plausibly meet; anything else lands in the last bucket.
-SEND_ERRNOS = (errno.EPERM, errno.ENOBUFS, errno.EMSGSIZE, errno.ENETUNREACH, errno.EHOSTUNREACH,
-               errno.EINVAL, errno.EACCES, 0)
+SEND_ERRNOS = (
+    errno.EPERM,
+    errno.ENOBUFS,
+    errno.EMSGSIZE,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.EINVAL,
+    errno.EACCES,
+    0,
+)
 
 MALFORMED_BASE = 16
 RULE_BASE = MALFORMED_BASE + 32
@@ -64,11 +78,13 @@ def snapshot(counters: memoryview, rule_names: tuple[str, ...] = ()) -> dict[str
     }
     out["dropped_by_rule"] = {
         (rule_names[i] if i < len(rule_names) else f"rule{i}"): counters[RULE_BASE + i]
-        for i in range(MAX_RULES) if counters[RULE_BASE + i]
+        for i in range(MAX_RULES)
+        if counters[RULE_BASE + i]
     }
     out["send_errors_by_errno"] = {
         (errno.errorcode.get(code, "other") if code else "other"): counters[SEND_ERRNO_BASE + i]
-        for i, code in enumerate(SEND_ERRNOS) if counters[SEND_ERRNO_BASE + i]
+        for i, code in enumerate(SEND_ERRNOS)
+        if counters[SEND_ERRNO_BASE + i]
     }
     return out
 

@@ -1,8 +1,8 @@
 """One datagram in, one outcome out: the pure core of the worker (no I/O, no logging).
 
-`handle_datagram` takes the UDP payload GWLB sent (Geneve onwards) in buf[start:end] and says what to
-do with it. For PASS the datagram goes back exactly as it came; for REWRITE the returned bytes (the
-same Geneve header and options, the rewritten inner packet) go back instead.
+`handle_datagram` takes the UDP payload GWLB sent (Geneve onwards) in buf[start:end] and says
+what to do with it. For PASS the datagram goes back exactly as it came; for REWRITE the returned
+bytes (the same Geneve header and options, the rewritten inner packet) go back instead.
 """
 
 from __future__ import annotations

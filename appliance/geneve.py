@@ -73,8 +73,10 @@ def parse_geneve(buf: Buffer, start: int = 0, end: int | None = None) -> GeneveH
     stop = len(buf) if end is None else end
     inner, protocol = check_geneve(buf, start, stop)
     view = memoryview(buf)
-    bodies = {kind: bytes(view[at : at + size]) for kind, (at, size) in
-              _aws_options(buf, start, inner - start).items()}
+    bodies = {
+        kind: bytes(view[at : at + size])
+        for kind, (at, size) in _aws_options(buf, start, inner - start).items()
+    }
     return GeneveHeader(
         inner - start,
         protocol,

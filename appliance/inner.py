@@ -32,8 +32,9 @@ EXT_DEST_OPTS = 60
 EXT_MOBILITY = 135
 EXT_HIP = 139
 EXT_SHIM6 = 140
-_EXT_GENERIC = frozenset({EXT_HOP_BY_HOP, EXT_ROUTING, EXT_DEST_OPTS, EXT_MOBILITY, EXT_HIP,
-                          EXT_SHIM6})
+_EXT_GENERIC = frozenset(
+    {EXT_HOP_BY_HOP, EXT_ROUTING, EXT_DEST_OPTS, EXT_MOBILITY, EXT_HIP, EXT_SHIM6}
+)
 MAX_EXTENSION_HEADERS = 16  # bounds the walk; real chains have a handful
 
 _IPV4 = struct.Struct("!BxHHH")  # version/IHL, total length, id, flags/fragment offset
@@ -100,8 +101,10 @@ def _parse_ipv6(buf: Buffer, start: int, end: int) -> InnerPacket:
         raise DecodeError("ipv6", start, Reason.IP_VERSION, f"version {first >> 28}")
     if payload_len != end - start - 40:
         raise DecodeError(
-            "ipv6", start + 4, Reason.IP_LENGTH_MISMATCH, f"payload {payload_len}, have "
-            f"{end - start - 40}"
+            "ipv6",
+            start + 4,
+            Reason.IP_LENGTH_MISMATCH,
+            f"payload {payload_len}, have {end - start - 40}",
         )
     offset = start + 40
     fragment = Fragment.NONE
@@ -171,8 +174,18 @@ def _transport(
             raise DecodeError("tcp", l4 + 12, Reason.TRANSPORT_LENGTH, f"offset {data_offset}")
         sport, dport = _PORTS.unpack_from(buf, l4)
         return InnerPacket(
-            version, start, end, protocol, l4, fragment, sport, dport, -1, -1,
-            l4 + data_offset, routed,
+            version,
+            start,
+            end,
+            protocol,
+            l4,
+            fragment,
+            sport,
+            dport,
+            -1,
+            -1,
+            l4 + data_offset,
+            routed,
         )
     if (protocol == PROTO_ICMP and version == 4) or (protocol == PROTO_ICMPV6 and version == 6):
         if available < 8:
@@ -180,7 +193,17 @@ def _transport(
         icmp_type, seq = _ICMP.unpack_from(buf, l4)
         echo = ICMP_ECHO_TYPES if version == 4 else ICMPV6_ECHO_TYPES
         return InnerPacket(
-            version, start, end, protocol, l4, fragment, -1, -1, icmp_type,
-            seq if icmp_type in echo else -1, l4 + 8, routed,
+            version,
+            start,
+            end,
+            protocol,
+            l4,
+            fragment,
+            -1,
+            -1,
+            icmp_type,
+            seq if icmp_type in echo else -1,
+            l4 + 8,
+            routed,
         )
     return InnerPacket(version, start, end, protocol, l4, fragment, -1, -1, -1, -1, l4, routed)

@@ -78,7 +78,8 @@ class Policy:
         # Rules that can match each transport protocol, in order: most packets meet one or two.
         self._by_protocol: dict[int, tuple[tuple[int, Rule], ...]] = {
             proto: tuple(
-                (i, r) for i, r in enumerate(self.rules)
+                (i, r)
+                for i, r in enumerate(self.rules)
                 if r.match.protocol is None or r.match.protocol == proto
             )
             for proto in range(256)
@@ -126,6 +127,7 @@ def _matches(match: Match, buf: bytes | bytearray, pkt: InnerPacket) -> bool:
         return False
     if match.icmp_types is not None and pkt.icmp_type not in match.icmp_types:
         return False
-    return match.payload_contains is None or buf.find(
-        match.payload_contains, pkt.payload, pkt.end
-    ) >= 0
+    return (
+        match.payload_contains is None
+        or buf.find(match.payload_contains, pkt.payload, pkt.end) >= 0
+    )

@@ -39,6 +39,19 @@ class ReplyHeaders:
         total = HEADER_LEN + udp_payload
         checksum = ~fold(partial + total) & 0xFFFF
         _HEADER.pack_into(
-            out, at, 0x4500, total, 0, 0x4000, TTL, 17, checksum, local, peer,
-            peer_port, GENEVE_PORT, udp_payload + 8, 0,
+            out,
+            at,
+            0x4500,
+            total,
+            0,
+            0x4000,
+            TTL,
+            17,
+            checksum,
+            local,
+            peer,
+            peer_port,
+            GENEVE_PORT,
+            udp_payload + 8,
+            0,
         )

@@ -53,7 +53,9 @@ def rewrite_payload(
     return out
 
 
-def _fix_transport_checksum(out: bytearray, ip: int, l4: int, l4_len: int, pkt: InnerPacket) -> None:
+def _fix_transport_checksum(
+    out: bytearray, ip: int, l4: int, l4_len: int, pkt: InnerPacket
+) -> None:
     at = l4 + (6 if pkt.protocol == PROTO_UDP else 2)
     out[at : at + 2] = b"\0\0"
     segment = ones_sum(memoryview(out)[l4 : l4 + l4_len])
@@ -61,13 +63,15 @@ def _fix_transport_checksum(out: bytearray, ip: int, l4: int, l4_len: int, pkt: 
         value = finish(segment)  # ICMPv4 has no pseudo-header
     elif pkt.version == 4:
         view = memoryview(out)
-        pseudo = pseudo_header_sum_v4(view[ip + 12 : ip + 16], view[ip + 16 : ip + 20],
-                                      pkt.protocol, l4_len)
+        pseudo = pseudo_header_sum_v4(
+            view[ip + 12 : ip + 16], view[ip + 16 : ip + 20], pkt.protocol, l4_len
+        )
         value = udp_checksum_field(pseudo + segment)
     else:
         view = memoryview(out)
-        pseudo = pseudo_header_sum_v6(view[ip + 8 : ip + 24], view[ip + 24 : ip + 40],
-                                      pkt.protocol, l4_len)
+        pseudo = pseudo_header_sum_v6(
+            view[ip + 8 : ip + 24], view[ip + 24 : ip + 40], pkt.protocol, l4_len
+        )
         total = pseudo + segment
         value = udp_checksum_field(total) if pkt.protocol == PROTO_UDP else finish(total)
     out[at : at + 2] = value.to_bytes(2, "big")

@@ -37,7 +37,7 @@ def open_data_socket(
 
 
 def open_raw_socket(send_buffer_bytes: int) -> socket.socket:
-    """A raw IPv4 socket that sends whole packets we build (IP_HDRINCL is implied by IPPROTO_RAW)."""
+    """A raw IPv4 socket for whole packets we build (IPPROTO_RAW implies IP_HDRINCL)."""
     try:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except PermissionError as error:

@@ -66,8 +66,13 @@ class Worker:
             return 0
         c[Counter.RECEIVED] += n
         c[Counter.BATCHES] += 1
-        arena, policy, sources, tx, write_header = rx.arena, self.policy, self.sources, self._tx, \
-            self._headers.write
+        arena, policy, sources, tx, write_header = (
+            rx.arena,
+            self.policy,
+            self.sources,
+            self._tx,
+            self._headers.write,
+        )
         arena_address = rx.arena_address
         for i in range(n):
             flags, length = rx.result(i)

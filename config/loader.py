@@ -73,7 +73,9 @@ class _Reader:
                 raise self.fail((*where, key), f"unknown key (known: {', '.join(sorted(known))})")
         return value
 
-    def integer(self, table: dict[str, Any], where: Path_, default: int, low: int, high: int) -> int:
+    def integer(
+        self, table: dict[str, Any], where: Path_, default: int, low: int, high: int
+    ) -> int:
         value = table.get(str(where[-1]), default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.fail(where, f"must be an integer from {low} to {high}, not {value!r}")
@@ -107,7 +109,11 @@ class _Reader:
 
     def seconds(self, table: dict[str, Any], where: Path_, default: float) -> float:
         value = table.get(str(where[-1]), default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.1 <= value <= 3600:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0.1 <= value <= 3600
+        ):
             raise self.fail(where, f"must be a number of seconds from 0.1 to 3600, not {value!r}")
         return float(value)
 
@@ -139,8 +145,15 @@ class _Reader:
 
     def dataplane(self, data: dict[str, Any]) -> DataPlaneConfig:
         where: Path_ = ("dataplane",)
-        known = {"bind", "port", "allow_sources", "batch_size", "receive_buffer_bytes",
-                 "send_buffer_bytes", "steering"}
+        known = {
+            "bind",
+            "port",
+            "allow_sources",
+            "batch_size",
+            "receive_buffer_bytes",
+            "send_buffer_bytes",
+            "steering",
+        }
         t = self.table(data, where, known)
         sources = t.get("allow_sources", [])
         if not isinstance(sources, list):
@@ -150,22 +163,26 @@ class _Reader:
             try:
                 networks.append(ipaddress.IPv4Network(cidr, strict=False))
             except (ValueError, TypeError):
-                raise self.fail((*where, "allow_sources", i),
-                                f"not an IPv4 network: {cidr!r}") from None
+                raise self.fail(
+                    (*where, "allow_sources", i), f"not an IPv4 network: {cidr!r}"
+                ) from None
         return DataPlaneConfig(
             bind=self.address(t, (*where, "bind"), "0.0.0.0"),
             port=self.integer(t, (*where, "port"), 6081, 1, 65535),
             allow_sources=tuple(networks),
             batch_size=self.integer(t, (*where, "batch_size"), 64, 1, 1024),
-            receive_buffer_bytes=self.integer(t, (*where, "receive_buffer_bytes"), 8 << 20,
-                                              1 << 16, 1 << 30),
-            send_buffer_bytes=self.integer(t, (*where, "send_buffer_bytes"), 4 << 20,
-                                           1 << 16, 1 << 30),
+            receive_buffer_bytes=self.integer(
+                t, (*where, "receive_buffer_bytes"), 8 << 20, 1 << 16, 1 << 30
+            ),
+            send_buffer_bytes=self.integer(
+                t, (*where, "send_buffer_bytes"), 4 << 20, 1 << 16, 1 << 30
+            ),
             steering=self.choice(t, (*where, "steering"), "inner-flow", ("inner-flow", "kernel")),
         )
 
-    def choice(self, table: dict[str, Any], where: Path_, default: str,
-               choices: tuple[str, ...]) -> str:
+    def choice(
+        self, table: dict[str, Any], where: Path_, default: str, choices: tuple[str, ...]
+    ) -> str:
         value = table.get(str(where[-1]), default)
         if value not in choices:
             raise self.fail(where, f"must be one of {', '.join(choices)}, not {value!r}")
@@ -195,8 +212,9 @@ class _Reader:
             raise self.fail(where, "must be a table")
         for key in raw:
             if key not in {"name", "action", "match", "find", "replace", "every"}:
-                raise self.fail((*where, key), "unknown key (known: action, every, find, match, "
-                                "name, replace)")
+                raise self.fail(
+                    (*where, key), "unknown key (known: action, every, find, match, name, replace)"
+                )
         name = raw.get("name", f"rule{where[-1]}")
         if not isinstance(name, str) or not name:
             raise self.fail((*where, "name"), "must be a non-empty string")
@@ -204,16 +222,18 @@ class _Reader:
             action = Action(raw.get("action"))
         except ValueError:
             choices = ", ".join(a.value for a in Action)
-            raise self.fail((*where, "action"),
-                            f"unknown action {raw.get('action')!r} (one of {choices})") from None
+            raise self.fail(
+                (*where, "action"), f"unknown action {raw.get('action')!r} (one of {choices})"
+            ) from None
         match = self.match(raw.get("match", {}), (*where, "match"))
         rule = Rule(name=name, action=action, match=match)
         if action is Action.REPLACE:
             return self.replace_rule(raw, where, rule)
         if action is Action.DROP_SEQ_MULTIPLE:
             if match.protocol not in (PROTO_ICMP, PROTO_ICMPV6):
-                raise self.fail((*where, "match", "protocol"),
-                                "drop_seq_multiple needs protocol icmp or icmpv6")
+                raise self.fail(
+                    (*where, "match", "protocol"), "drop_seq_multiple needs protocol icmp or icmpv6"
+                )
             every = self.integer(raw, (*where, "every"), 0, 1, 65536)
             return Rule(name=name, action=action, match=match, every=every)
         for key in ("find", "replace", "every"):
@@ -223,20 +243,34 @@ class _Reader:
 
     def replace_rule(self, raw: dict[str, Any], where: Path_, rule: Rule) -> Rule:
         if rule.match.protocol not in REWRITABLE_PROTOCOLS:
-            raise self.fail((*where, "match", "protocol"),
-                            "replace needs protocol udp, icmp or icmpv6 (rewriting TCP would "
-                            "break its sequence numbers)")
+            raise self.fail(
+                (*where, "match", "protocol"),
+                "replace needs protocol udp, icmp or icmpv6 (rewriting TCP would "
+                "break its sequence numbers)",
+            )
         find, replace = raw.get("find"), raw.get("replace")
         if not isinstance(find, str) or not find:
             raise self.fail((*where, "find"), "replace needs a non-empty string to find")
         if not isinstance(replace, str):
             raise self.fail((*where, "replace"), "replace needs a replacement string")
-        return Rule(name=rule.name, action=rule.action, match=rule.match,
-                    find=find.encode(), replace=replace.encode())
+        return Rule(
+            name=rule.name,
+            action=rule.action,
+            match=rule.match,
+            find=find.encode(),
+            replace=replace.encode(),
+        )
 
     def match(self, raw: Any, where: Path_) -> Match:
-        known = {"ip_version", "protocol", "port", "src_port", "dst_port", "icmp_type",
-                 "payload_contains"}
+        known = {
+            "ip_version",
+            "protocol",
+            "port",
+            "src_port",
+            "dst_port",
+            "icmp_type",
+            "payload_contains",
+        }
         if not isinstance(raw, dict):
             raise self.fail(where, "must be a table")
         for key in raw:
@@ -278,8 +312,9 @@ class _Reader:
         values = value if isinstance(value, list) else [value]
         for item in values:
             if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= high:
-                raise self.fail(where, f"must be an integer 0-{high} or a list of them, "
-                                f"not {item!r}")
+                raise self.fail(
+                    where, f"must be an integer 0-{high} or a list of them, not {item!r}"
+                )
         return frozenset(values)
 
 

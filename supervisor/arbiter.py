@@ -51,8 +51,9 @@ class Slot:
 
 
 class Arbiter:
-    def __init__(self, table: StatsTable, cpus: list[int], os_api: OsApi,
-                 timing: Timing = Timing()) -> None:
+    def __init__(
+        self, table: StatsTable, cpus: list[int], os_api: OsApi, timing: Timing = Timing()
+    ) -> None:
         self.table = table
         self.os = os_api
         self.timing = timing
@@ -143,8 +144,9 @@ class Arbiter:
             if slot.quick_deaths > self.timing.start_retries:
                 self.change_state(slot, State.FATAL, f"{how}; {slot.quick_deaths} quick deaths")
                 return
-            delay = min(self.timing.backoff_base_ns << (slot.quick_deaths - 1),
-                        self.timing.backoff_max_ns)
+            delay = min(
+                self.timing.backoff_base_ns << (slot.quick_deaths - 1), self.timing.backoff_max_ns
+            )
             slot.deadline_ns = self.os.now_ns() + delay
             self.change_state(slot, State.BACKOFF, f"{how}; retry in {delay / 1e9:.2f} s")
 
@@ -164,8 +166,9 @@ class Arbiter:
             if slot.state is State.RUNNING:
                 silent_ns = now - self.heartbeat_ns(slot)
                 if not slot.aborted and silent_ns > t.heartbeat_timeout_ns:
-                    log.warning("worker %d: no heartbeat for %.1f s: SIGABRT", slot.index,
-                                silent_ns / 1e9)
+                    log.warning(
+                        "worker %d: no heartbeat for %.1f s: SIGABRT", slot.index, silent_ns / 1e9
+                    )
                     slot.aborted, slot.deadline_ns = True, now + t.abort_grace_ns
                     self.os.kill(slot.pid, signal.SIGABRT)
                 elif slot.aborted and now > slot.deadline_ns:

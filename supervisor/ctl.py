@@ -55,12 +55,15 @@ def request(path: Path, command: str, args: list[str]) -> tuple[socket.socket, d
         raise Unreachable(f"applianced is not running: no control socket at {path}.") from None
     except ConnectionRefusedError:
         sock.close()
-        raise Unreachable(f"applianced is not running: nothing answers at {path} "
-                          "(a stale socket file).") from None
+        raise Unreachable(
+            f"applianced is not running: nothing answers at {path} (a stale socket file)."
+        ) from None
     except PermissionError:
         sock.close()
-        raise Unreachable(f"permission denied on {path}: run as root or as a member of the "
-                          "control socket's group.") from None
+        raise Unreachable(
+            f"permission denied on {path}: run as root or as a member of the "
+            "control socket's group."
+        ) from None
     except (OSError, ProtocolError) as error:
         sock.close()
         reason = errno.errorcode.get(getattr(error, "errno", 0) or 0, str(error))
@@ -68,8 +71,10 @@ def request(path: Path, command: str, args: list[str]) -> tuple[socket.socket, d
     if reply is None or reply.get("v") != PROTOCOL_VERSION:
         sock.close()
         version = None if reply is None else reply.get("v")
-        raise Unreachable(f"applianced at {path} speaks protocol {version!r}, this "
-                          f"appliancectl speaks {PROTOCOL_VERSION}: upgrade one of them.")
+        raise Unreachable(
+            f"applianced at {path} speaks protocol {version!r}, this "
+            f"appliancectl speaks {PROTOCOL_VERSION}: upgrade one of them."
+        )
     return sock, reply
 
 
@@ -138,9 +143,11 @@ def render_status(reply: dict[str, Any]) -> str:
     ]
     for w in reply["workers"]:
         uptime = "-" if w["uptime_s"] is None else f"{w['uptime_s']}s"
-        lines.append(f"{w['slot']:>4} {w['pid'] or '-':>7} {w['cpu']:>3} {w['state']:<9} "
-                     f"{uptime:>9} {w['restarts']:>8} {w['packets_in']:>10} "
-                     f"{w['packets_out']:>10} {w['drops']:>8}")
+        lines.append(
+            f"{w['slot']:>4} {w['pid'] or '-':>7} {w['cpu']:>3} {w['state']:<9} "
+            f"{uptime:>9} {w['restarts']:>8} {w['packets_in']:>10} "
+            f"{w['packets_out']:>10} {w['drops']:>8}"
+        )
     health = reply.get("health")
     if health:
         lines.append(f"health service: {health}")
@@ -191,10 +198,17 @@ class Shell(cmd.Cmd):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliancectl", description="Drive a running applianced.",
-                                     epilog="commands: " + ", ".join(COMMANDS))
-    parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET,
-                        help=f"control socket (default: {DEFAULT_SOCKET})")
+    parser = argparse.ArgumentParser(
+        prog="appliancectl",
+        description="Drive a running applianced.",
+        epilog="commands: " + ", ".join(COMMANDS),
+    )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"control socket (default: {DEFAULT_SOCKET})",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("command", nargs="?", help="one command; none starts a shell")
     parser.add_argument("args", nargs=argparse.REMAINDER)

@@ -29,10 +29,15 @@ log = logging.getLogger("applianced")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="applianced", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None,
-                        help="config file (default: the shipped demo policy)")
-    parser.add_argument("--workers", type=_workers, default=None,
-                        help="worker processes: a number or 'auto' (one per CPU; the default)")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="config file (default: the shipped demo policy)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="worker processes: a number or 'auto' (one per CPU; the default)",
+    )
     return parser.parse_args(argv)
 
 

@@ -6,6 +6,7 @@ is tested with a fake one (no processes), and the real one stays small enough to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -43,10 +44,8 @@ class RealOs:
         return pid
 
     def kill(self, pid: int, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
     def reap(self) -> list[tuple[int, int]]:
         reaped = []

@@ -39,8 +39,14 @@ log = logging.getLogger("applianced")
 
 
 class Service:
-    def __init__(self, config_path: Path, config_text: str, config: ApplianceConfig,
-                 workers: int | None, ring: LogRing) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        config_text: str,
+        config: ApplianceConfig,
+        workers: int | None,
+        ring: LogRing,
+    ) -> None:
         self.config_path = config_path
         self.config = config
         self.ring = ring
@@ -63,14 +69,17 @@ class Service:
         self.table.header[H.STARTED_NS] = now_ns()
         self._write_snapshot(config_text)
         plane = config.dataplane
-        self.sockets = [open_data_socket(plane.bind, plane.port, plane.receive_buffer_bytes)
-                        for _ in range(self.slots)]
+        self.sockets = [
+            open_data_socket(plane.bind, plane.port, plane.receive_buffer_bytes)
+            for _ in range(self.slots)
+        ]
         if self.slots > 1 and plane.steering == "inner-flow":
             attach_steering(self.sockets[0], self.slots)
         self.log_read, log_write = os.pipe()
         os.set_blocking(self.log_read, False)
-        self.control = ControlServer(config.control_socket, config.control.mode,
-                                     config.control.group, self.ring)
+        self.control = ControlServer(
+            config.control_socket, config.control.mode, config.control.group, self.ring
+        )
         self._register_commands()
         self.wakeup_read, wakeup_write = os.pipe()
         for fd in (self.wakeup_read, wakeup_write):
@@ -78,17 +87,29 @@ class Service:
         signal.set_wakeup_fd(wakeup_write)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._enqueue)
-        context = WorkerContext(config, self.sockets, self.table, os.getpid(), log_write,
-                                [self.log_read, self.wakeup_read, wakeup_write,
-                                 self.control.fileno()])
+        context = WorkerContext(
+            config,
+            self.sockets,
+            self.table,
+            os.getpid(),
+            log_write,
+            [self.log_read, self.wakeup_read, wakeup_write, self.control.fileno()],
+        )
         cpus = sorted(os.sched_getaffinity(0))
-        timing = Timing(heartbeat_timeout_ns=int(config.workers.heartbeat_timeout_s * 1e9),
-                        stop_timeout_ns=int(config.workers.stop_timeout_s * 1e9))
-        self.arbiter = Arbiter(self.table, cpus, RealOs(lambda k: worker_main(k, context)),
-                               timing)
-        log.info("supervisor ready: %d worker slots on %s:%d, CPUs %s, steering %s, control %s",
-                 self.slots, plane.bind, plane.port, cpus, plane.steering,
-                 config.control_socket)
+        timing = Timing(
+            heartbeat_timeout_ns=int(config.workers.heartbeat_timeout_s * 1e9),
+            stop_timeout_ns=int(config.workers.stop_timeout_s * 1e9),
+        )
+        self.arbiter = Arbiter(self.table, cpus, RealOs(lambda k: worker_main(k, context)), timing)
+        log.info(
+            "supervisor ready: %d worker slots on %s:%d, CPUs %s, steering %s, control %s",
+            self.slots,
+            plane.bind,
+            plane.port,
+            cpus,
+            plane.steering,
+            config.control_socket,
+        )
 
     def _enqueue(self, signum: int, frame: FrameType | None) -> None:
         self.signals.put(signum)  # SimpleQueue.put is reentrant: nothing else here
@@ -171,21 +192,36 @@ class Service:
             config = parse_config(text, str(self.config_path))
         except (OSError, UnicodeDecodeError, ConfigError) as error:
             self.table.header[H.RELOADS_REFUSED] += 1
-            self.last_reload = {"ok": False, "detail": f"refused: {error}",
-                                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self.last_reload = {
+                "ok": False,
+                "detail": f"refused: {error}",
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             log.error("reload refused, the running policy stays: %s", error)
             return self.last_reload
-        fixed = [name for name in ("dataplane.bind", "dataplane.port", "dataplane.batch_size",
-                                   "workers.count", "runtime_dir", "control")
-                 if _get(config, name) != _get(self.config, name)]
+        fixed = [
+            name
+            for name in (
+                "dataplane.bind",
+                "dataplane.port",
+                "dataplane.batch_size",
+                "workers.count",
+                "runtime_dir",
+                "control",
+            )
+            if _get(config, name) != _get(self.config, name)
+        ]
         self._write_snapshot(text)
         self.table.header[H.CONFIG_GENERATION] += 1
         generation = int(self.table.header[H.CONFIG_GENERATION])
         detail = f"generation {generation}: {len(config.policy.rules)} rules"
         if fixed:
             detail += f"; needs a restart to change: {', '.join(fixed)}"
-        self.last_reload = {"ok": True, "detail": detail,
-                            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.last_reload = {
+            "ok": True,
+            "detail": detail,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         log.info("reload: %s", detail)
         return self.last_reload
 
@@ -238,24 +274,34 @@ class Service:
         for slot in self.arbiter.slots:
             words, counters = self.table.slot(slot.index), self.table.counters(slot.index)
             alive = slot.state in (State.STARTING, State.RUNNING, State.STOPPING)
-            workers.append({
-                "slot": slot.index, "pid": slot.pid or None, "cpu": slot.cpu,
-                "state": slot.state.name, "restarts": slot.restarts,
-                "uptime_s": round((now - slot.started_ns) / 1e9, 1) if alive else None,
-                "heartbeat_age_s": round((now - int(words[S.HEARTBEAT_NS])) / 1e9, 3)
-                if words[S.HEARTBEAT_NS] else None,
-                "generation": int(words[S.GENERATION]),
-                "packets_in": counters[cnt.Counter.RECEIVED],
-                "packets_out": counters[cnt.Counter.SENT],
-                "drops": sum(counters[c] for c in cnt.REFUSALS),
-                "last_exit": slot.last_exit or None,
-            })
+            workers.append(
+                {
+                    "slot": slot.index,
+                    "pid": slot.pid or None,
+                    "cpu": slot.cpu,
+                    "state": slot.state.name,
+                    "restarts": slot.restarts,
+                    "uptime_s": round((now - slot.started_ns) / 1e9, 1) if alive else None,
+                    "heartbeat_age_s": round((now - int(words[S.HEARTBEAT_NS])) / 1e9, 3)
+                    if words[S.HEARTBEAT_NS]
+                    else None,
+                    "generation": int(words[S.GENERATION]),
+                    "packets_in": counters[cnt.Counter.RECEIVED],
+                    "packets_out": counters[cnt.Counter.SENT],
+                    "drops": sum(counters[c] for c in cnt.REFUSALS),
+                    "last_exit": slot.last_exit or None,
+                }
+            )
         return {
             "supervisor": {
-                "pid": os.getpid(), "uptime_s": round((now - header[H.STARTED_NS]) / 1e9, 1),
-                "config": str(self.config_path), "generation": int(header[H.CONFIG_GENERATION]),
-                "draining": bool(header[H.DRAINING]), "ready": bool(header[H.READY]),
-                "last_reload": self.last_reload, "stopping": self.stopping,
+                "pid": os.getpid(),
+                "uptime_s": round((now - header[H.STARTED_NS]) / 1e9, 1),
+                "config": str(self.config_path),
+                "generation": int(header[H.CONFIG_GENERATION]),
+                "draining": bool(header[H.DRAINING]),
+                "ready": bool(header[H.READY]),
+                "last_reload": self.last_reload,
+                "stopping": self.stopping,
                 "interfaces": self.interface_facts,
             },
             "workers": workers,

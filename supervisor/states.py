@@ -1,14 +1,14 @@
 """Worker process states, as supervisord names them, and the edges between them.
 
-    STOPPED ──start──▶ STARTING ──first heartbeat──▶ RUNNING
-       ▲                 │  │                          │ │
-       │          died   │  └────stop────┐       died  │ └──stop──┐
-       │    before ready ▼               ▼             ▼          ▼
-       ├──stop── BACKOFF ◀──┐         STOPPING       EXITED    STOPPING ──reaped──▶ STOPPED
-       │          │  │      │            │             │
-       │  delay   │  │ retries spent     └─reaped─▶ STOPPED
-       │  passed  ▼  ▼                               (EXITED restarts at once: STARTING)
-       │    STARTING  FATAL ──start──▶ STARTING
+STOPPED ──start──▶ STARTING ──first heartbeat──▶ RUNNING
+   ▲                 │  │                          │ │
+   │          died   │  └────stop────┐       died  │ └──stop──┐
+   │    before ready ▼               ▼             ▼          ▼
+   ├──stop── BACKOFF ◀──┐         STOPPING       EXITED    STOPPING ──reaped──▶ STOPPED
+   │          │  │      │            │             │
+   │  delay   │  │ retries spent     └─reaped─▶ STOPPED
+   │  passed  ▼  ▼                               (EXITED restarts at once: STARTING)
+   │    STARTING  FATAL ──start──▶ STARTING
 """
 
 from __future__ import annotations

@@ -96,8 +96,14 @@ def boot(slot: int, context: WorkerContext) -> Worker:
     raw = open_raw_socket(plane.send_buffer_bytes)
     table = context.table
     words, header = table.slot(slot), table.header
-    worker = Worker(context.sockets[slot], raw, context.config.policy, table.counters(slot),
-                    _sources(context.config), plane.batch_size)
+    worker = Worker(
+        context.sockets[slot],
+        raw,
+        context.config.policy,
+        table.counters(slot),
+        _sources(context.config),
+        plane.batch_size,
+    )
     snapshot = context.config.runtime_dir / SNAPSHOT_NAME
     applied = [int(header[H.CONFIG_GENERATION])]
     words[S.GENERATION] = applied[0]
@@ -130,5 +136,3 @@ def _apply(worker: Worker, snapshot: Path, slot: int) -> None:
 def _sources(config: ApplianceConfig) -> SourceFilter | None:
     networks = config.dataplane.allow_sources
     return SourceFilter(networks) if networks else None
-
-

@@ -72,9 +72,12 @@ def start_emulator(tb: Testbed, workdir: Path, health_port: int | None) -> Emula
     report = workdir / "emulator-report.json"
     log = workdir / "emulator.log"
     with open(log, "wb") as stderr:
-        proc = tb.popen(tb.ns_gwlb, emulator_command(tb.targets(), report=str(report),
-                                                     extra=extra),
-                        stdout=subprocess.PIPE, stderr=stderr)
+        proc = tb.popen(
+            tb.ns_gwlb,
+            emulator_command(tb.targets(), report=str(report), extra=extra),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
     handle = EmulatorHandle(proc, str(report))
     if handle.wait_ready(START_TIMEOUT_S):
         return handle
@@ -92,17 +95,27 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def udp_demo(tb: Testbed, version: int) -> None:
     dst = tb.a_ip4 if version == 4 else tb.a_ip6
-    listener = tb.popen(tb.ns_a, ["nc", f"-{version}", "-u", "-l", "-k", "-d", str(LISTEN_PORT)],
-                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    listener = tb.popen(
+        tb.ns_a,
+        ["nc", f"-{version}", "-u", "-l", "-k", "-d", str(LISTEN_PORT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert listener.stdout is not None
     received = LineReader(listener.stdout)
     if not tb.wait_udp_bound(tb.ns_a, LISTEN_PORT, 5.0, listener):
         print("!! nc in a never bound its port")
-    sender = tb.popen(tb.ns_b, ["nc", f"-{version}", "-u", "-p", str(SENDER_PORT), dst,
-                                str(LISTEN_PORT)],
-                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"b [{tb.b_ip4 if version == 4 else tb.b_ip6}]:{SENDER_PORT} -> "
-          f"a [{dst}]:{LISTEN_PORT}, one datagram per line:")
+    sender = tb.popen(
+        tb.ns_b,
+        ["nc", f"-{version}", "-u", "-p", str(SENDER_PORT), dst, str(LISTEN_PORT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    print(
+        f"b [{tb.b_ip4 if version == 4 else tb.b_ip6}]:{SENDER_PORT} -> "
+        f"a [{dst}]:{LISTEN_PORT}, one datagram per line:"
+    )
     for line, left in zip(LINES, feed_lines(tb, sender, tb.ns_b, version, LINES), strict=True):
         print(f"    sent {line.decode().strip()!r}" + ("" if left else "  (never left b!)"))
     # Dropped lines never arrive, so this waits out its timeout when the policy drops one.
@@ -132,11 +145,15 @@ def print_report(report: dict[str, Any]) -> None:
         return
     flows, packets, violations = report["flows"], report["packets"], report["violations"]
     print(f"    flows: {flows['total']} ({flows['ipv4']} IPv4, {flows['ipv6']} IPv6)")
-    print(f"    packets: {packets['encapsulated']} encapsulated, {packets['returned']} returned, "
-          f"{packets['delivered']} delivered")
+    print(
+        f"    packets: {packets['encapsulated']} encapsulated, {packets['returned']} returned, "
+        f"{packets['delivered']} delivered"
+    )
     for target, counts in report["targets"].items():
-        print(f"    target {target}: {counts['flows']} flows, {counts['packets_sent']} sent, "
-              f"{counts['packets_returned']} returned, healthy={counts['healthy']}")
+        print(
+            f"    target {target}: {counts['flows']} flows, {counts['packets_sent']} sent, "
+            f"{counts['packets_returned']} returned, healthy={counts['healthy']}"
+        )
     kinds = f" {violations['by_kind']}" if violations["by_kind"] else ""
     print(f"    contract violations: {violations['total']}{kinds}")
     for example in violations["examples"]:
@@ -146,8 +163,10 @@ def print_report(report: dict[str, Any]) -> None:
 def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
     with tempfile.TemporaryDirectory(prefix="gwlb-demo-") as tmp, Testbed(appliances=1) as tb:
         workdir = Path(tmp)
-        print(f"test bed {tb.prefix}: a={tb.a_ip4}/{tb.a_ip6} b={tb.b_ip4}/{tb.b_ip6} "
-              f"appliance={tb.appliance_ip(1)} (GWLB side {tb.gwlb_ip(1)})")
+        print(
+            f"test bed {tb.prefix}: a={tb.a_ip4}/{tb.a_ip6} b={tb.b_ip4}/{tb.b_ip6} "
+            f"appliance={tb.appliance_ip(1)} (GWLB side {tb.gwlb_ip(1)})"
+        )
         log = workdir / "appliance.log"
         print(f"starting the appliance: {shlex.join(appliance_cmd)}")
         appliance = start_appliance(tb, appliance_argv(appliance_cmd, workdir), log)
@@ -174,10 +193,18 @@ def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the local emulated-GWLB demo.")
-    p.add_argument("--appliance-cmd", type=shlex.split, default=None,
-                   help="command that runs the appliance (default: applianced next to python)")
-    p.add_argument("--health-port", type=int, default=None,
-                   help="let the emulated GWLB health-check the appliance on this HTTP port")
+    p.add_argument(
+        "--appliance-cmd",
+        type=shlex.split,
+        default=None,
+        help="command that runs the appliance (default: applianced next to python)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="let the emulated GWLB health-check the appliance on this HTTP port",
+    )
     args = p.parse_args(argv)
     reason = netns_unusable_reason()
     if reason:
@@ -185,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = args.appliance_cmd or default_appliance_cmd()
     if not cmd or (os.sep in cmd[0] and not os.path.exists(cmd[0])):
-        print(f"demo: {cmd[0] if cmd else 'the appliance command'} not found; install the "
-              "package or pass --appliance-cmd", file=sys.stderr)
+        print(
+            f"demo: {cmd[0] if cmd else 'the appliance command'} not found; install the "
+            "package or pass --appliance-cmd",
+            file=sys.stderr,
+        )
         return 2
     try:
         return run_demo(cmd, args.health_port)

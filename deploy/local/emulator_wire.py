@@ -197,12 +197,17 @@ def ignorable(inner: Inner) -> bool:
 def geneve_header(protocol: int, endpoint_id: bytes, attachment_id: bytes, cookie: int) -> bytes:
     """The 40 bytes GWLB puts in front of every inner packet (RFC 8926, AWS options)."""
     opt_len_words = (GENEVE_LEN - GENEVE_HEADER.size) // 4
-    return b"".join([
-        GENEVE_HEADER.pack(opt_len_words, 0, protocol, 0),
-        GENEVE_OPTION.pack(GWLB_OPTION_CLASS, OPT_ENDPOINT_ID, 2), endpoint_id,
-        GENEVE_OPTION.pack(GWLB_OPTION_CLASS, OPT_ATTACHMENT_ID, 2), attachment_id,
-        GENEVE_OPTION.pack(GWLB_OPTION_CLASS, OPT_FLOW_COOKIE, 1), struct.pack("!I", cookie),
-    ])
+    return b"".join(
+        [
+            GENEVE_HEADER.pack(opt_len_words, 0, protocol, 0),
+            GENEVE_OPTION.pack(GWLB_OPTION_CLASS, OPT_ENDPOINT_ID, 2),
+            endpoint_id,
+            GENEVE_OPTION.pack(GWLB_OPTION_CLASS, OPT_ATTACHMENT_ID, 2),
+            attachment_id,
+            GENEVE_OPTION.pack(GWLB_OPTION_CLASS, OPT_FLOW_COOKIE, 1),
+            struct.pack("!I", cookie),
+        ]
+    )
 
 
 def find_cookie(geneve: bytes) -> tuple[int | None, int]:

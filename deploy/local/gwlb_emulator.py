@@ -227,8 +227,10 @@ def read_kernel_counters() -> dict[str, int]:
     """Counters of this namespace that show what the kernel dropped before we saw it."""
     with open("/proc/net/snmp") as f:
         lines = f.read().splitlines()
-    wanted = {"Ip": ("InHdrErrors", "InAddrErrors"), "Udp": ("NoPorts", "InCsumErrors",
-              "InErrors", "RcvbufErrors")}
+    wanted = {
+        "Ip": ("InHdrErrors", "InAddrErrors"),
+        "Udp": ("NoPorts", "InCsumErrors", "InErrors", "RcvbufErrors"),
+    }
     counters = {}
     for names, values in zip(lines[::2], lines[1::2], strict=False):
         proto = names.split(":")[0]
@@ -242,8 +244,11 @@ class Emulator:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.gwlb_of = dict(args.target)  # target IP -> GWLB-side IP
-        self.flows = FlowTable(args.port_range, args.fixed_source_port,
-                               (args.idle_timeout_tcp_s, args.idle_timeout_other_s))
+        self.flows = FlowTable(
+            args.port_range,
+            args.fixed_source_port,
+            (args.idle_timeout_tcp_s, args.idle_timeout_other_s),
+        )
         self.endpoint_id = os.urandom(8)
         self.attachment_id = os.urandom(8)
         # Without health checks every target is healthy; with them, none is until probed.
@@ -275,8 +280,12 @@ class Emulator:
             # Bound so the kernel never answers the appliance's replies with port unreachable.
             self.udp_socket(gwlb_ip, GENEVE_PORT)
         if self.args.health_port is not None:
-            self.health = HealthChecker(list(self.gwlb_of), self.args.health_port,
-                                        self.args.health_path, self.args.health_interval_s)
+            self.health = HealthChecker(
+                list(self.gwlb_of),
+                self.args.health_port,
+                self.args.health_path,
+                self.args.health_interval_s,
+            )
             self.health.start()
             self.health.first_round.wait(2.5 * len(self.gwlb_of) + 2)
             self.apply_health()
@@ -398,8 +407,9 @@ class Emulator:
             return
         flow.last_seen = now
         try:
-            self.udp_socket(flow.gwlb_ip, flow.port).sendto(flow.header + pkt,
-                                                            (flow.target, GENEVE_PORT))
+            self.udp_socket(flow.gwlb_ip, flow.port).sendto(
+                flow.header + pkt, (flow.target, GENEVE_PORT)
+            )
         except OSError as exc:
             self.stats["send_errors"] += 1
             self.emit("send_error", flow=flow.name, detail=str(exc))
@@ -419,14 +429,31 @@ class Emulator:
         cookie = self.flows.new_cookie()
         protocol = ETH_P_IPV4 if inner.version == 4 else ETH_P_IPV6
         header = geneve_header(protocol, self.endpoint_id, self.attachment_id, cookie)
-        flow = Flow(inner.key(), cookie, port, target, self.gwlb_of[target], header,
-                    self.flows.timeout_for(inner.proto), now)
+        flow = Flow(
+            inner.key(),
+            cookie,
+            port,
+            target,
+            self.gwlb_of[target],
+            header,
+            self.flows.timeout_for(inner.proto),
+            now,
+        )
         self.flows.add(flow)
         self.stats[f"flows_ipv{inner.version}"] += 1
         self.per_target[target]["flows"] += 1
-        self.emit("flow", flow=flow.name, target=target, port=port, version=inner.version,
-                  proto=inner.proto, src=_addr(inner.src), dst=_addr(inner.dst),
-                  sport=inner.sport, dport=inner.dport)
+        self.emit(
+            "flow",
+            flow=flow.name,
+            target=target,
+            port=port,
+            version=inner.version,
+            proto=inner.proto,
+            src=_addr(inner.src),
+            dst=_addr(inner.dst),
+            sport=inner.sport,
+            dport=inner.dport,
+        )
         return flow
 
     # --- appliance -> host
@@ -492,8 +519,9 @@ class Emulator:
             return "stale_cookie", f"cookie {cookie:08x} belongs to an expired flow"
         return "unknown_cookie", f"cookie {cookie:08x} was never sent"
 
-    def flow_violations(self, pkt: bytes, flow: Flow, src: str, dst: str, geneve_at: int,
-                        header_len: int) -> list[tuple[str, str]]:
+    def flow_violations(
+        self, pkt: bytes, flow: Flow, src: str, dst: str, geneve_at: int, header_len: int
+    ) -> list[tuple[str, str]]:
         found = []
         sport, dport = struct.unpack_from("!HH", pkt, geneve_at - UDP_HEADER.size)
         if src != flow.target:
@@ -528,16 +556,39 @@ class Emulator:
             self.violations["outer_ip_header_dropped_by_kernel"] = kernel["IpInHdrErrors"]
         flows_total = self.stats["flows_ipv4"] + self.stats["flows_ipv6"]
         return {
-            "flows": {"total": flows_total, "ipv4": self.stats["flows_ipv4"],
-                      "ipv6": self.stats["flows_ipv6"], "live": len(self.flows.by_cookie)},
-            "packets": {k: self.stats[k] for k in ("encapsulated", "returned", "delivered",
-                        "malformed_from_tun", "ignored_from_tun", "send_errors",
-                        "ports_exhausted", "tun_write_errors")},
-            "targets": {t: {"flows": c["flows"], "packets_sent": c["packets_sent"],
-                            "packets_returned": c["packets_returned"],
-                            "healthy": self.healthy[t]} for t, c in self.per_target.items()},
-            "violations": {"total": sum(self.violations.values()),
-                           "by_kind": dict(self.violations), "examples": self.examples},
+            "flows": {
+                "total": flows_total,
+                "ipv4": self.stats["flows_ipv4"],
+                "ipv6": self.stats["flows_ipv6"],
+                "live": len(self.flows.by_cookie),
+            },
+            "packets": {
+                k: self.stats[k]
+                for k in (
+                    "encapsulated",
+                    "returned",
+                    "delivered",
+                    "malformed_from_tun",
+                    "ignored_from_tun",
+                    "send_errors",
+                    "ports_exhausted",
+                    "tun_write_errors",
+                )
+            },
+            "targets": {
+                t: {
+                    "flows": c["flows"],
+                    "packets_sent": c["packets_sent"],
+                    "packets_returned": c["packets_returned"],
+                    "healthy": self.healthy[t],
+                }
+                for t, c in self.per_target.items()
+            },
+            "violations": {
+                "total": sum(self.violations.values()),
+                "by_kind": dict(self.violations),
+                "examples": self.examples,
+            },
             "kernel": kernel,
             "endpoint_id": self.endpoint_id.hex(),
             "attachment_id": self.attachment_id.hex(),
@@ -578,11 +629,21 @@ def _port_range(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tun", default="gwlbtun0", help="tun device the hosts' packets arrive on")
-    p.add_argument("--target", type=_target, action="append", required=True,
-                   metavar="IP=GWLBIP", help="appliance IP and the GWLB-side IP used towards it")
+    p.add_argument(
+        "--target",
+        type=_target,
+        action="append",
+        required=True,
+        metavar="IP=GWLBIP",
+        help="appliance IP and the GWLB-side IP used towards it",
+    )
     p.add_argument("--fixed-source-port", type=int, help="one outer source port for all flows")
-    p.add_argument("--port-range", type=_port_range, default=(20000, 59999),
-                   help="outer source ports for flows (default 20000-59999)")
+    p.add_argument(
+        "--port-range",
+        type=_port_range,
+        default=(20000, 59999),
+        help="outer source ports for flows (default 20000-59999)",
+    )
     p.add_argument("--health-port", type=int, help="probe http://target:PORT/ like GWLB")
     p.add_argument("--health-path", default="/")
     p.add_argument("--health-interval-s", type=float, default=10.0)
@@ -603,8 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     emulator.open()
-    emulator.emit("ready", endpoint_id=emulator.endpoint_id.hex(),
-                  attachment_id=emulator.attachment_id.hex())
+    emulator.emit(
+        "ready", endpoint_id=emulator.endpoint_id.hex(), attachment_id=emulator.attachment_id.hex()
+    )
     try:
         emulator.run()
     finally:

@@ -121,7 +121,7 @@ def _parse_snmp6(text: str) -> dict[str, dict[str, int]]:
             continue
         name, value = parts
         prefix = next((p for p in _SNMP6_PREFIXES if name.startswith(p)), "")
-        table.setdefault(prefix, {})[name[len(prefix):]] = int(value)
+        table.setdefault(prefix, {})[name[len(prefix) :]] = int(value)
     return table
 
 
@@ -261,8 +261,27 @@ class Testbed:
 
     def _veth(self, ns: str, peer: str) -> None:
         """eth0 in `ns`, `peer` in the gwlb namespace; never touches the root namespace."""
-        _check(["ip", "link", "add", "eth0", "netns", ns, "mtu", str(self.mtu), "type", "veth",
-                "peer", "name", peer, "netns", self.ns_gwlb, "mtu", str(self.mtu)])
+        _check(
+            [
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                ns,
+                "mtu",
+                str(self.mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "netns",
+                self.ns_gwlb,
+                "mtu",
+                str(self.mtu),
+            ]
+        )
         self.sysctl(self.ns_gwlb, {f"net.ipv4.conf.{peer}.rp_filter": "0"})
         self.ip(ns, "link", "set", "eth0", "up")
         self.ip(self.ns_gwlb, "link", "set", peer, "up")
@@ -280,11 +299,22 @@ class Testbed:
         self.ip(gw, "link", "set", TUN_NAME, "mtu", str(TUN_MTU), "addrgenmode", "none", "up")
         self.sysctl(gw, {f"net.ipv4.conf.{TUN_NAME}.rp_filter": "0"})
         for family in ("-4", "-6"):
-            self.ip(gw, family, "route", "add", "default", "dev", TUN_NAME,
-                    "table", str(ROUTE_TABLE))
+            self.ip(
+                gw, family, "route", "add", "default", "dev", TUN_NAME, "table", str(ROUTE_TABLE)
+            )
             for iface in host_ifaces:
-                self.ip(gw, family, "rule", "add", "iif", iface, "table", str(ROUTE_TABLE),
-                        "priority", "100")
+                self.ip(
+                    gw,
+                    family,
+                    "rule",
+                    "add",
+                    "iif",
+                    iface,
+                    "table",
+                    str(ROUTE_TABLE),
+                    "priority",
+                    "100",
+                )
 
     def teardown(self) -> None:
         """Stop every tracked process, then delete every namespace this bed created."""
@@ -301,8 +331,9 @@ class Testbed:
     def _delete_namespaces(self) -> None:
         errors = []
         for ns in reversed(self.created):
-            done = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True,
-                                  check=False)
+            done = subprocess.run(
+                ["ip", "netns", "del", ns], capture_output=True, text=True, check=False
+            )
             if done.returncode != 0 and "No such file" not in done.stderr:
                 errors.append(f"{ns}: {done.stderr.strip()}")
         self.created.clear()
@@ -365,8 +396,9 @@ class Testbed:
     def udp_ports_bound(self, ns: str) -> set[int]:
         return _udp_ports_bound(self.read(ns, "/proc/net/udp") + self.read(ns, "/proc/net/udp6"))
 
-    def wait_udp_bound(self, ns: str, port: int, timeout_s: float = 5.0,
-                       proc: subprocess.Popen[Any] | None = None) -> bool:
+    def wait_udp_bound(
+        self, ns: str, port: int, timeout_s: float = 5.0, proc: subprocess.Popen[Any] | None = None
+    ) -> bool:
         """True once some socket in `ns` is bound to UDP `port` (IPv4 or IPv6).
 
         With `proc`, gives up early (False) when that process exits first.
@@ -391,8 +423,13 @@ class Testbed:
 # --- driving the emulator from tests and the demo ---------------------------------------------
 
 
-def emulator_command(targets: list[tuple[str, str]], *, report: str | None = None,
-                     events: bool = True, extra: Sequence[str] = ()) -> list[str]:
+def emulator_command(
+    targets: list[tuple[str, str]],
+    *,
+    report: str | None = None,
+    events: bool = True,
+    extra: Sequence[str] = (),
+) -> list[str]:
     """argv of gwlb_emulator.py, for Testbed.popen in the gwlb namespace."""
     argv = [sys.executable, str(LOCAL_DIR / "gwlb_emulator.py")]
     argv += [f"--target={t}={g}" for t, g in targets]
@@ -467,12 +504,20 @@ class EmulatorHandle:
     def of(self, kind: str) -> list[dict[str, Any]]:
         return self.output.of(kind)
 
-    def wait_event(self, kind: str, timeout_s: float, count: int = 1,
-                   where: Callable[[dict[str, Any]], bool] = lambda e: True) -> bool:
+    def wait_event(
+        self,
+        kind: str,
+        timeout_s: float,
+        count: int = 1,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+    ) -> bool:
         """True once `count` events of `kind` matching `where` have been printed."""
-        return bool(self.output.wait_for(
-            lambda r: sum(1 for e in r.events if e.get("event") == kind and where(e)) >= count,
-            timeout_s))
+        return bool(
+            self.output.wait_for(
+                lambda r: sum(1 for e in r.events if e.get("event") == kind and where(e)) >= count,
+                timeout_s,
+            )
+        )
 
     def wait_ready(self, timeout_s: float = 10.0) -> bool:
         return self.wait_event("ready", timeout_s)
@@ -505,8 +550,14 @@ def _grown(tb: Testbed, ns: str, version: int, before: int) -> Callable[[], bool
     return lambda: out_datagrams(tb, ns, version) > before
 
 
-def feed_lines(tb: Testbed, proc: subprocess.Popen[bytes], ns: str, version: int,
-               lines: Sequence[bytes], timeout_s: float = 2.0) -> list[bool]:
+def feed_lines(
+    tb: Testbed,
+    proc: subprocess.Popen[bytes],
+    ns: str,
+    version: int,
+    lines: Sequence[bytes],
+    timeout_s: float = 2.0,
+) -> list[bool]:
     """Write lines to a UDP sender's stdin (e.g. `nc -u`), one datagram each.
 
     Each line is written only after the previous one has left `ns` (its UDP OutDatagrams

@@ -19,8 +19,13 @@ import sys
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr (header destination)
 MAX_DATAGRAM = 65535
-FAULTS = ("corrupt-cookie", "swap-ports", "bad-udp-checksum", "change-endpoint-id",
-          "bad-inner-checksum")
+FAULTS = (
+    "corrupt-cookie",
+    "swap-ports",
+    "bad-udp-checksum",
+    "change-endpoint-id",
+    "bad-inner-checksum",
+)
 IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 
 
@@ -76,7 +81,8 @@ def serve(port: int, fault: str | None) -> int:
         while not stopping:
             try:
                 payload, ancdata, _, (peer, peer_port) = rx.recvmsg(
-                    MAX_DATAGRAM, socket.CMSG_SPACE(IN_PKTINFO.size))
+                    MAX_DATAGRAM, socket.CMSG_SPACE(IN_PKTINFO.size)
+                )
             except (TimeoutError, InterruptedError):
                 continue
             local = arrival_address(ancdata)

@@ -41,16 +41,20 @@ def config_text(runtime_dir: Path, policy: str | None = None, **edits: str) -> s
 class Appliance:
     """A running applianced: its process, stderr file and runtime dir (stats.json)."""
 
-    def __init__(self, tb: Testbed, k: int, workdir: Path, config: str | None = None,
-                 workers: int = 1) -> None:
+    def __init__(
+        self, tb: Testbed, k: int, workdir: Path, config: str | None = None, workers: int = 1
+    ) -> None:
         self.tb = tb
         self.runtime = workdir / f"run-app{k}"
         self.config_path = workdir / f"app{k}.toml"
         self.config_path.write_text(config if config is not None else config_text(self.runtime))
         self.stderr_path = workdir / f"applianced-app{k}.stderr"
         with open(self.stderr_path, "wb") as stderr:
-            self.proc = tb.popen(tb.ns_app(k), [APPLIANCED, "--config", str(self.config_path),
-                                                "--workers", str(workers)], stderr=stderr)
+            self.proc = tb.popen(
+                tb.ns_app(k),
+                [APPLIANCED, "--config", str(self.config_path), "--workers", str(workers)],
+                stderr=stderr,
+            )
         if not wait_until(self.ready, 15.0, 0.02):
             tb.stop(self.proc)
             raise AssertionError(f"applianced never became ready:\n{self.stderr()}")
@@ -83,11 +87,13 @@ class Appliance:
 
     def wait_counter(self, name: str, value: int, timeout_s: float = 5.0) -> bool:
         """True once counter `name` reached `value` in the published stats."""
+
         def reached() -> bool:
             try:
                 return int(self.counters()[name]) >= value
             except (OSError, ValueError, KeyError):
                 return False
+
         return bool(wait_until(reached, timeout_s, 0.05))
 
 

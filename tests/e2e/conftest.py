@@ -67,9 +67,12 @@ def start_emulator(tmp_path: Path) -> Callable[..., EmulatorHandle]:
         count += 1
         report, log = tmp_path / f"emulator-{count}.json", tmp_path / f"emulator-{count}.log"
         with open(log, "wb") as stderr:
-            proc = tb.popen(tb.ns_gwlb, emulator_command(tb.targets(), report=str(report),
-                                                         extra=extra),
-                            stdout=subprocess.PIPE, stderr=stderr)
+            proc = tb.popen(
+                tb.ns_gwlb,
+                emulator_command(tb.targets(), report=str(report), extra=extra),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
         handle = EmulatorHandle(proc, str(report))
         if not handle.wait_ready(10.0):
             handle.finish()
@@ -114,7 +117,12 @@ def udp_sender() -> Callable[[Testbed, int], subprocess.Popen[bytes]]:
     def start(tb: Testbed, version: int) -> subprocess.Popen[bytes]:
         dst = tb.a_ip4 if version == 4 else tb.a_ip6
         argv = ["nc", f"-{version}", "-u", "-p", str(SENDER_PORT), dst, str(LISTEN_PORT)]
-        return tb.popen(tb.ns_b, argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+        return tb.popen(
+            tb.ns_b,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     return start

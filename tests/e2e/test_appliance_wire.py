@@ -25,9 +25,12 @@ from testbed import Testbed
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
 OPTIONS = (
-    bytes.fromhex("01080102") + bytes(range(1, 9))
-    + bytes.fromhex("01080202") + bytes(range(11, 19))
-    + bytes.fromhex("01080301") + bytes.fromhex("c0ffee01")
+    bytes.fromhex("01080102")
+    + bytes(range(1, 9))
+    + bytes.fromhex("01080202")
+    + bytes(range(11, 19))
+    + bytes.fromhex("01080301")
+    + bytes.fromhex("c0ffee01")
 )
 SOURCE_PORT = 40001
 
@@ -102,17 +105,28 @@ def test_pass_through_is_byte_identical_and_rewrite_is_fixed(
     appliance = Appliance(testbed, 1, tmp_path)
     untouched = [
         gwlb_datagram(udp4(b"hello", dport=53)),
-        gwlb_datagram(IPv6(src="fd77:1::2", dst="fd77:2::2") / UDP(sport=5060, dport=5060)
-                      / Raw(b"INVITE weakly typed")),  # not port 3000: no rewrite
-        gwlb_datagram(IP(src="10.77.1.2", dst="10.77.2.2", options=b"\x94\x04\x00\x00")
-                      / ICMP(seq=7) / Raw(b"x" * 33)),
+        gwlb_datagram(
+            IPv6(src="fd77:1::2", dst="fd77:2::2")
+            / UDP(sport=5060, dport=5060)
+            / Raw(b"INVITE weakly typed")
+        ),  # not port 3000: no rewrite
+        gwlb_datagram(
+            IP(src="10.77.1.2", dst="10.77.2.2", options=b"\x94\x04\x00\x00")
+            / ICMP(seq=7)
+            / Raw(b"x" * 33)
+        ),
     ]
     peer.send(*untouched)
     replies = peer.replies(3)
     assert sorted(check_outer(r, peer) for r in replies) == sorted(untouched)
 
-    peer.send(gwlb_datagram(IPv6(src="fd77:1::2", dst="fd77:2::2") / UDP(sport=3000, dport=9)
-                            / Raw(b"so weakly typed, weakly typed")))
+    peer.send(
+        gwlb_datagram(
+            IPv6(src="fd77:1::2", dst="fd77:2::2")
+            / UDP(sport=3000, dport=9)
+            / Raw(b"so weakly typed, weakly typed")
+        )
+    )
     (reply,) = peer.replies(1)
     geneve = check_outer(reply, peer)
     assert geneve[:40] == struct.pack("!BBHI", 0x08, 0, 0x86DD, 0) + OPTIONS
@@ -128,26 +142,40 @@ def test_malformed_datagrams_do_not_hurt_their_batch(
     testbed: Testbed, peer: GwlbPeer, tmp_path: Path
 ) -> None:
     appliance = Appliance(testbed, 1, tmp_path)
-    good = [gwlb_datagram(udp4(b"first")), gwlb_datagram(udp4(b"weakly typed")),
-            gwlb_datagram(udp4(b"last", dport=123))]
+    good = [
+        gwlb_datagram(udp4(b"first")),
+        gwlb_datagram(udp4(b"weakly typed")),
+        gwlb_datagram(udp4(b"last", dport=123)),
+    ]
     without_cookie = struct.pack("!BBHI", 0x06, 0, 0x0800, 0) + OPTIONS[:24] + raw(udp4(b"x"))
     truncated_inner = gwlb_datagram(udp4(b"cut"))[:-2]
     # Stop the worker so that everything queues and arrives in one recvmmsg batch.
     (worker,) = appliance.worker_pids()
     os.kill(worker, signal.SIGSTOP)
-    peer.send(good[0], b"\x00\x00junk", without_cookie, good[1], truncated_inner,
-              gwlb_datagram(udp4(b"please drop me")), good[2])
+    peer.send(
+        good[0],
+        b"\x00\x00junk",
+        without_cookie,
+        good[1],
+        truncated_inner,
+        gwlb_datagram(udp4(b"please drop me")),
+        good[2],
+    )
     os.kill(worker, signal.SIGCONT)
     replies = [check_outer(r, peer) for r in peer.replies(3)]
     assert [r[40:] for r in replies] == [
-        raw(udp4(b"first")), raw(IP(raw(udp4(b"strongly typed")))), raw(udp4(b"last", dport=123))
+        raw(udp4(b"first")),
+        raw(IP(raw(udp4(b"strongly typed")))),
+        raw(udp4(b"last", dport=123)),
     ]
     assert appliance.stop() == 0
     counters = appliance.counters()
     assert counters["received"] == 7 and counters["batches"] == 1
     assert counters["sent"] == 3 and counters["rewritten"] == 1 and counters["dropped"] == 1
     assert counters["malformed_by_reason"] == {
-        "truncated": 1, "geneve_missing_aws_option": 1, "ip_length_mismatch": 1,
+        "truncated": 1,
+        "geneve_missing_aws_option": 1,
+        "ip_length_mismatch": 1,
     }
     assert counters["dropped_by_rule"] == {"drop-me": 1}
 
@@ -189,7 +217,8 @@ def test_unbindable_address_is_a_boot_error(testbed: Testbed, tmp_path: Path) ->
     config.write_text(config_text(runtime, bind='"10.77.250.9"'))
     from appliance_proc import APPLIANCED
 
-    done = run_quiet(["ip", "netns", "exec", testbed.ns_app(1), APPLIANCED, "--config",
-                      str(config)])
+    done = run_quiet(
+        ["ip", "netns", "exec", testbed.ns_app(1), APPLIANCED, "--config", str(config)]
+    )
     assert done.returncode == 3
     assert "cannot bind UDP 10.77.250.9:6081" in done.stderr and "Traceback" not in done.stderr

@@ -19,9 +19,12 @@ LINES = [b"test\n", b"drop me\n", b"weakly typed programming language\n"]
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_nc_lines_are_dropped_and_rewritten(
-    testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle],
+    testbed: Testbed,
+    tmp_path: Path,
+    start_emulator: Callable[..., EmulatorHandle],
     udp_listener: Callable[..., LineReader],
-    udp_sender: Callable[..., subprocess.Popen[bytes]], version: int,
+    udp_sender: Callable[..., subprocess.Popen[bytes]],
+    version: int,
 ) -> None:
     appliance = Appliance(testbed, 1, tmp_path)
     emulator = start_emulator(testbed)
@@ -47,7 +50,10 @@ def test_nc_lines_are_dropped_and_rewritten(
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_fifth_echo_is_dropped(
-    testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle], version: int,
+    testbed: Testbed,
+    tmp_path: Path,
+    start_emulator: Callable[..., EmulatorHandle],
+    version: int,
 ) -> None:
     appliance = Appliance(testbed, 1, tmp_path)
     emulator = start_emulator(testbed)

@@ -29,9 +29,11 @@ def flows_of(emulator: EmulatorHandle, *kinds: str) -> set[str]:
 def send_udp(tb: Testbed, version: int, payloads: list[bytes], first_port: int) -> None:
     """From b to a:3000, payload i from source port first_port + i (one flow each)."""
     family, dst = ("AF_INET", tb.a_ip4) if version == 4 else ("AF_INET6", tb.a_ip6)
-    code = (f"import socket\nfor i, data in enumerate({payloads!r}):\n"
-            f"    s = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
-            f"    s.bind(('', {first_port} + i)); s.sendto(data, ({dst!r}, 3000)); s.close()\n")
+    code = (
+        f"import socket\nfor i, data in enumerate({payloads!r}):\n"
+        f"    s = socket.socket(socket.{family}, socket.SOCK_DGRAM)\n"
+        f"    s.bind(('', {first_port} + i)); s.sendto(data, ({dst!r}, 3000)); s.close()\n"
+    )
     tb.run(tb.ns_b, [sys.executable, "-c", code], check=True, timeout=10)
 
 
@@ -48,9 +50,12 @@ def became_healthy(ip: str) -> Callable[[dict[str, Any]], bool]:
 @netns
 @pytest.mark.parametrize("version", VERSIONS)
 def test_udp_lines_arrive_unchanged(
-    testbed: Testbed, start_reflector: Callable[..., Any],
-    start_emulator: Callable[..., EmulatorHandle], udp_listener: Callable[..., LineReader],
-    udp_sender: Callable[..., subprocess.Popen[bytes]], version: int,
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
+    start_emulator: Callable[..., EmulatorHandle],
+    udp_listener: Callable[..., LineReader],
+    udp_sender: Callable[..., subprocess.Popen[bytes]],
+    version: int,
 ) -> None:
     start_reflector(testbed)
     emulator = start_emulator(testbed)
@@ -73,8 +78,10 @@ def test_udp_lines_arrive_unchanged(
 @netns
 @pytest.mark.parametrize("version", VERSIONS)
 def test_ping_both_directions_share_one_flow(
-    testbed: Testbed, start_reflector: Callable[..., Any],
-    start_emulator: Callable[..., EmulatorHandle], version: int,
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
+    start_emulator: Callable[..., EmulatorHandle],
+    version: int,
 ) -> None:
     start_reflector(testbed)
     emulator = start_emulator(testbed)
@@ -96,8 +103,10 @@ def test_ping_both_directions_share_one_flow(
 
 @netns
 def test_fixed_source_port_flows_differ_by_cookie(
-    testbed: Testbed, start_reflector: Callable[..., Any],
-    start_emulator: Callable[..., EmulatorHandle], udp_listener: Callable[..., LineReader],
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
+    start_emulator: Callable[..., EmulatorHandle],
+    udp_listener: Callable[..., LineReader],
 ) -> None:
     start_reflector(testbed)
     emulator = start_emulator(testbed, "--fixed-source-port=40000")
@@ -126,8 +135,11 @@ FAULTS = [
 @netns
 @pytest.mark.parametrize(("fault", "kind"), FAULTS)
 def test_contract_violation_is_counted_and_dropped(
-    testbed: Testbed, start_reflector: Callable[..., Any],
-    start_emulator: Callable[..., EmulatorHandle], fault: str, kind: str,
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
+    start_emulator: Callable[..., EmulatorHandle],
+    fault: str,
+    kind: str,
 ) -> None:
     start_reflector(testbed, 1, f"--fault={fault}")
     emulator = start_emulator(testbed)
@@ -144,7 +156,8 @@ def test_contract_violation_is_counted_and_dropped(
 
 @netns
 def test_flow_after_idle_timeout_gets_a_new_cookie(
-    testbed: Testbed, start_reflector: Callable[..., Any],
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
     start_emulator: Callable[..., EmulatorHandle],
 ) -> None:
     start_reflector(testbed)
@@ -164,8 +177,10 @@ def test_flow_after_idle_timeout_gets_a_new_cookie(
 @netns
 @pytest.mark.parametrize("testbed", [2], indirect=True)
 def test_health_steers_new_flows_only(
-    testbed: Testbed, start_reflector: Callable[..., Any],
-    start_emulator: Callable[..., EmulatorHandle], udp_listener: Callable[..., LineReader],
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
+    start_emulator: Callable[..., EmulatorHandle],
+    udp_listener: Callable[..., LineReader],
 ) -> None:
     first, second = testbed.appliance_ip(1), testbed.appliance_ip(2)
     for k in (1, 2):
@@ -199,8 +214,10 @@ def test_health_steers_new_flows_only(
 @netns
 @pytest.mark.parametrize("version", VERSIONS)
 def test_fragments_share_one_flow_and_reassemble(
-    testbed: Testbed, start_reflector: Callable[..., Any],
-    start_emulator: Callable[..., EmulatorHandle], udp_listener: Callable[..., LineReader],
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
+    start_emulator: Callable[..., EmulatorHandle],
+    udp_listener: Callable[..., LineReader],
     version: int,
 ) -> None:
     start_reflector(testbed)
@@ -221,15 +238,18 @@ def test_fragments_share_one_flow_and_reassemble(
 
 @netns
 def test_emulator_survives_garbage(
-    testbed: Testbed, start_reflector: Callable[..., Any],
+    testbed: Testbed,
+    start_reflector: Callable[..., Any],
     start_emulator: Callable[..., EmulatorHandle],
 ) -> None:
     start_reflector(testbed)
     emulator = start_emulator(testbed)
     payloads = [b"", b"\x00", b"\x08" * 7, b"\x3f" * 40, bytes(range(256)) * 4]
-    garbage = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-               f"s.bind(('', 7000))\nfor data in {payloads!r}:\n"
-               f"    s.sendto(data, ({testbed.gwlb_ip(1)!r}, 6081))\n")
+    garbage = (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(('', 7000))\nfor data in {payloads!r}:\n"
+        f"    s.sendto(data, ({testbed.gwlb_ip(1)!r}, 6081))\n"
+    )
     testbed.run(testbed.ns_app(1), [sys.executable, "-c", garbage], check=True, timeout=10)
     assert emulator.wait_event("violation", 3.0, count=5)
 
@@ -249,9 +269,11 @@ EID, AID, COOKIE = bytes(range(8)), bytes(range(8, 16)), 0xDEADBEEF
 def test_geneve_header_matches_scapy() -> None:
     from scapy.contrib.geneve import GENEVE, GeneveOptions
 
-    options = [GeneveOptions(classid=0x0108, type=1, data=EID),
-               GeneveOptions(classid=0x0108, type=2, data=AID),
-               GeneveOptions(classid=0x0108, type=3, data=COOKIE.to_bytes(4, "big"))]
+    options = [
+        GeneveOptions(classid=0x0108, type=1, data=EID),
+        GeneveOptions(classid=0x0108, type=2, data=AID),
+        GeneveOptions(classid=0x0108, type=3, data=COOKIE.to_bytes(4, "big")),
+    ]
     for proto in (0x0800, 0x86DD):
         ours = emu.geneve_header(proto, EID, AID, COOKIE)
         assert ours == bytes(GENEVE(proto=proto, vni=0, options=options))
@@ -270,8 +292,11 @@ def scapy_inner() -> dict[str, Any]:
         "tcp4": (v4 / TCP(sport=4000, dport=80) / b"GET", TCP, "inner_tcp_checksum"),
         "tcp6": (v6 / TCP(sport=4000, dport=80) / b"GET", TCP, "inner_tcp_checksum"),
         "icmp4": (v4 / ICMP(id=7, seq=1) / b"ping", ICMP, "inner_icmp_checksum"),
-        "icmp6": (v6 / ICMPv6EchoRequest(id=7, seq=1) / b"ping", ICMPv6EchoRequest,
-                  "inner_icmp_checksum"),  # scapy names this checksum field `cksum`
+        "icmp6": (
+            v6 / ICMPv6EchoRequest(id=7, seq=1) / b"ping",
+            ICMPv6EchoRequest,
+            "inner_icmp_checksum",
+        ),  # scapy names this checksum field `cksum`
     }
 
 
@@ -307,8 +332,12 @@ def test_flow_key_is_symmetric_and_fragments_share_it() -> None:
     assert there.key() == back.key()
 
     big4 = IP(src="10.77.2.2", dst="10.77.1.2") / UDP(sport=1, dport=2) / (b"x" * 3000)
-    big6 = (IPv6(src="fd77:2::2", dst="fd77:1::2") / IPv6ExtHdrFragment()
-            / UDP(sport=1, dport=2) / (b"x" * 3000))
+    big6 = (
+        IPv6(src="fd77:2::2", dst="fd77:1::2")
+        / IPv6ExtHdrFragment()
+        / UDP(sport=1, dport=2)
+        / (b"x" * 3000)
+    )
     for frags in (fragment(big4, 1400), fragment6(big6, 1400)):
         keys = {emu.parse_inner(bytes(f)).key() for f in frags}
         assert len(frags) >= 3 and len(keys) == 1

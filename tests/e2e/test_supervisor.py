@@ -53,8 +53,9 @@ def test_inner_flow_steering_spreads_flows_and_keeps_directions_together(
             a.sendto(b"pong %d" % f, peer)
             assert b.recv(100) == b"pong %d" % f
             b.close()
-            grew = [n - o for n, o in zip(received_per_worker(appliance.runtime), before,
-                                          strict=True)]
+            grew = [
+                n - o for n, o in zip(received_per_worker(appliance.runtime), before, strict=True)
+            ]
             assert sorted(grew) == [0, 2], f"flow {f}: directions split over workers: {grew}"
             flows_on[grew.index(2)] += 1
     finally:
@@ -71,8 +72,9 @@ def test_kill_9_of_a_worker_under_traffic_loses_at_most_a_batch(
 ) -> None:
     appliance = Appliance(testbed, 1, tmp_path, workers=2)
     emulator = start_emulator(testbed)
-    stream = UdpStream(testbed, flows=16, dport=5000, payload=lambda n: b"n%d" % n,
-                       rate_pps=1000, limit=3000).start()
+    stream = UdpStream(
+        testbed, flows=16, dport=5000, payload=lambda n: b"n%d" % n, rate_pps=1000, limit=3000
+    ).start()
     assert wait_until(lambda: stream.sent >= 1000, 10)
     victim = appliance.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
@@ -108,14 +110,22 @@ def test_reload_applies_a_valid_policy_live_and_refuses_a_broken_one(
     testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle]
 ) -> None:
     runtime = tmp_path / "run-app1"
-    appliance = Appliance(testbed, 1, tmp_path, workers=2,
-                          config=config_text(runtime, policy=RULES_STRONG))
+    appliance = Appliance(
+        testbed, 1, tmp_path, workers=2, config=config_text(runtime, policy=RULES_STRONG)
+    )
     emulator = start_emulator(testbed)
-    stream = UdpStream(testbed, flows=8, dport=3000, payload=lambda n: b"%05d weakly typed" % n,
-                       rate_pps=500, limit=1500).start()
+    stream = UdpStream(
+        testbed,
+        flows=8,
+        dport=3000,
+        payload=lambda n: b"%05d weakly typed" % n,
+        rate_pps=500,
+        limit=1500,
+    ).start()
     assert wait_until(lambda: len(stream.received) >= 300, 10)
-    appliance.config_path.write_text(config_text(runtime, policy=RULES_STRONG.replace(
-        '"strongly typed"', '"statically typed"')))
+    appliance.config_path.write_text(
+        config_text(runtime, policy=RULES_STRONG.replace('"strongly typed"', '"statically typed"'))
+    )
     appliance.proc.send_signal(signal.SIGHUP)
 
     def applied(generation: int) -> bool:
@@ -126,8 +136,9 @@ def test_reload_applies_a_valid_policy_live_and_refuses_a_broken_one(
     assert wait_until(lambda: len(stream.received) >= 900, 10)
     appliance.config_path.write_text("[[policy.rules]]\naction = 'explode'\n")
     appliance.proc.send_signal(signal.SIGHUP)
-    assert wait_until(lambda: not ctl(runtime, "status")[1]["supervisor"]["last_reload"]["ok"],
-                      5.0, 0.05)
+    assert wait_until(
+        lambda: not ctl(runtime, "status")[1]["supervisor"]["last_reload"]["ok"], 5.0, 0.05
+    )
     status = ctl(runtime, "status")[1]
     assert "refused" in status["supervisor"]["last_reload"]["detail"]
     assert "unknown action 'explode'" in status["supervisor"]["last_reload"]["detail"]
@@ -152,8 +163,9 @@ def test_term_under_traffic_stops_everything_cleanly(
 ) -> None:
     appliance = Appliance(testbed, 1, tmp_path, workers=2)
     start_emulator(testbed)
-    stream = UdpStream(testbed, flows=8, dport=5000, payload=lambda n: b"x", rate_pps=1000,
-                       limit=3000).start()
+    stream = UdpStream(
+        testbed, flows=8, dport=5000, payload=lambda n: b"x", rate_pps=1000, limit=3000
+    ).start()
     assert wait_until(lambda: len(stream.received) >= 200, 10)
     workers = appliance.worker_pids()
     assert appliance.stop() == 0

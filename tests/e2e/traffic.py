@@ -17,8 +17,16 @@ from testbed import Testbed
 
 
 class UdpStream:
-    def __init__(self, tb: Testbed, flows: int, dport: int, payload: Callable[[int], bytes],
-                 rate_pps: int, limit: int, first_sport: int = 20000) -> None:
+    def __init__(
+        self,
+        tb: Testbed,
+        flows: int,
+        dport: int,
+        payload: Callable[[int], bytes],
+        rate_pps: int,
+        limit: int,
+        first_sport: int = 20000,
+    ) -> None:
         self.payload, self.rate_pps, self.limit = payload, rate_pps, limit
         self.receiver = socket_in(tb.ns_a, socket.AF_INET, socket.SOCK_DGRAM)
         self.receiver.bind((tb.a_ip4, dport))
@@ -32,8 +40,10 @@ class UdpStream:
         self.sent = 0
         self.received: list[bytes] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send, daemon=True),
-                         threading.Thread(target=self._receive, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._send, daemon=True),
+            threading.Thread(target=self._receive, daemon=True),
+        ]
 
     def start(self) -> UdpStream:
         for thread in self._threads:

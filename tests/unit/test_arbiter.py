@@ -12,9 +12,15 @@ from supervisor.arbiter import EXIT_BOOT, Arbiter, Timing
 from supervisor.states import EDGES, State, StateError
 
 SECOND = 1_000_000_000
-TIMING = Timing(heartbeat_timeout_ns=5 * SECOND, abort_grace_ns=2 * SECOND,
-                start_timeout_ns=10 * SECOND, stop_timeout_ns=5 * SECOND,
-                backoff_base_ns=SECOND // 4, backoff_max_ns=2 * SECOND, start_retries=3)
+TIMING = Timing(
+    heartbeat_timeout_ns=5 * SECOND,
+    abort_grace_ns=2 * SECOND,
+    start_timeout_ns=10 * SECOND,
+    stop_timeout_ns=5 * SECOND,
+    backoff_base_ns=SECOND // 4,
+    backoff_max_ns=2 * SECOND,
+    start_retries=3,
+)
 
 
 def exited(code: int) -> int:
