@@ -189,10 +189,24 @@ class _Reader:
         return str(value)
 
     def health(self, data: dict[str, Any]) -> HealthConfig:
-        t = self.table(data, ("health",), {"bind", "port"})
+        where: Path_ = ("health",)
+        t = self.table(data, where, {"enabled", "bind", "port", "min_workers", "staleness_s"})
+        enabled = t.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise self.fail((*where, "enabled"), f"must be true or false, not {enabled!r}")
+        minimum = t.get("min_workers", 1)
+        valid = isinstance(minimum, int | float) and not isinstance(minimum, bool)
+        if not valid or not (0 < minimum < 1 or (minimum >= 1 and minimum == int(minimum))):
+            raise self.fail(
+                (*where, "min_workers"),
+                f"must be a whole count from 1 or a fraction in (0, 1), not {minimum!r}",
+            )
         return HealthConfig(
-            bind=self.address(t, ("health", "bind"), "0.0.0.0"),
-            port=self.integer(t, ("health", "port"), 80, 1, 65535),
+            enabled=enabled,
+            bind=self.address(t, (*where, "bind"), "0.0.0.0"),
+            port=self.integer(t, (*where, "port"), 80, 1, 65535),
+            min_workers=float(minimum),
+            staleness_s=self.seconds(t, (*where, "staleness_s"), 3.0),
         )
 
     def policy(self, data: dict[str, Any]) -> Policy:

@@ -24,8 +24,11 @@ class DataPlaneConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
+    enabled: bool = True
     bind: str = "0.0.0.0"
     port: int = 80
+    min_workers: float = 1.0  # a count (>= 1) or a fraction of the workers (< 1)
+    staleness_s: float = 3.0  # heartbeats older than this do not count as alive
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Arbiter:
         self.timing = timing
         self.slots = [Slot(k, cpus[k % len(cpus)]) for k in range(table.slots)]
         self.halt_reason: str | None = None
+        self.unclaimed: list[tuple[int, int]] = []  # reaped children that are not workers
         for slot in self.slots:
             self._publish(slot)
 
@@ -128,6 +129,8 @@ class Arbiter:
             slot = by_pid.get(pid)
             if slot is not None:
                 self._worker_died(slot, status)
+            else:
+                self.unclaimed.append((pid, status))
 
     def _worker_died(self, slot: Slot, status: int) -> None:
         code, how = describe_status(status)

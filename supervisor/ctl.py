@@ -150,7 +150,10 @@ def render_status(reply: dict[str, Any]) -> str:
         )
     health = reply.get("health")
     if health:
-        lines.append(f"health service: {health}")
+        lines.append(
+            f"health service: {health['state']}, pid {health['pid'] or '-'}, "
+            f"{health['bind']}, restarts {health['restarts']}"
+        )
     return "\n".join(lines)
 
 

@@ -29,8 +29,9 @@ from config.loader import parse_config
 from config.schema import ApplianceConfig
 from supervisor.arbiter import EXIT_BOOT, Arbiter, Timing
 from supervisor.control import ControlServer, LogRing
+from supervisor.healthproc import HealthService
 from supervisor.netsetup import configure_interfaces
-from supervisor.osapi import RealOs
+from supervisor.osapi import RealOs, describe_status
 from supervisor.states import State
 from supervisor.workerproc import SNAPSHOT_NAME, WorkerContext, worker_main
 
@@ -101,6 +102,8 @@ class Service:
             stop_timeout_ns=int(config.workers.stop_timeout_s * 1e9),
         )
         self.arbiter = Arbiter(self.table, cpus, RealOs(lambda k: worker_main(k, context)), timing)
+        self.health = HealthService(config, log_write)
+        self.health.evict_previous()
         log.info(
             "supervisor ready: %d worker slots on %s:%d, CPUs %s, steering %s, control %s",
             self.slots,
@@ -128,9 +131,12 @@ class Service:
         selector.register(self.log_read, selectors.EVENT_READ, "log")
         selector.register(self.control.fileno(), selectors.EVENT_READ, "control")
         ready_announced = False
+        if self.health.wanted:
+            self.health.start(now_ns())  # it answers 503 "starting" until the workers run
         while True:
             self._handle_signals()
             self.arbiter.tick()
+            self._tend_health()
             if self.arbiter.halt_reason and not self.stopping:
                 log.error("stopping: %s", self.arbiter.halt_reason)
                 self.begin_shutdown(EXIT_BOOT)
@@ -140,7 +146,7 @@ class Service:
                 notify_systemd("READY=1")
                 log.info("all %d workers running", self.slots)
             self.table.header[H.SUPERVISOR_HEARTBEAT_NS] = now_ns()
-            if self.stopping and self.arbiter.all_stopped():
+            if self.stopping and self.arbiter.all_stopped() and self.health.stopped():
                 break
             for key, _ in selector.select(TICK_S):
                 if key.data == "wakeup":
@@ -168,6 +174,15 @@ class Service:
             self.stopping, self.exit_code = True, code
             notify_systemd("STOPPING=1")
         self.arbiter.shutdown()
+        self.health.stop(now_ns())
+
+    def _tend_health(self) -> None:
+        now = now_ns()
+        for pid, status in self.arbiter.unclaimed:
+            if pid == self.health.pid:
+                self.health.died(describe_status(status)[1], now)
+        self.arbiter.unclaimed.clear()
+        self.health.tick(now)
 
     def _forward_worker_log(self) -> None:
         try:
@@ -305,6 +320,7 @@ class Service:
                 "interfaces": self.interface_facts,
             },
             "workers": workers,
+            "health": self.health.status(),
         }
 
     def stats(self) -> dict[str, Any]:

@@ -148,6 +148,7 @@ class Testbed:
         self.mtu = mtu
         self.created: list[str] = []
         self.processes: list[subprocess.Popen[Any]] = []
+        self.cleanups: list[Callable[[], None]] = []  # run at teardown, last first
         self._pdeathsig = shutil.which("setpriv")
 
     # --- names and addresses -------------------------------------------------------------
@@ -319,6 +320,10 @@ class Testbed:
     def teardown(self) -> None:
         """Stop every tracked process, then delete every namespace this bed created."""
         stuck = []
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(Exception):  # teardown goes on whatever one cleanup does
+                cleanup()
+        self.cleanups.clear()
         for proc in list(self.processes):
             try:
                 self.stop(proc)

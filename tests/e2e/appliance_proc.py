@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class Appliance:
                 [APPLIANCED, "--config", str(self.config_path), "--workers", str(workers)],
                 stderr=stderr,
             )
+        tb.cleanups.append(self.stop_orphans)
         if not wait_until(self.ready, 15.0, 0.02):
             tb.stop(self.proc)
             raise AssertionError(f"applianced never became ready:\n{self.stderr()}")
@@ -71,6 +73,19 @@ class Appliance:
     def worker_pids(self) -> list[int]:
         table = StatsTable.open(self.runtime)
         return [int(table.slot(k)[S.PID]) for k in range(table.slots)]
+
+    def stop_orphans(self) -> None:
+        """Stop what this daemon started and left behind when it was killed (by pidfile)."""
+        self.tb.stop(self.proc)
+        try:
+            pid = int((self.runtime / "health.pid").read_text())
+        except (OSError, ValueError):
+            return
+        if b"health.wsgi" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+
+    def health_pid(self) -> int:
+        return int((self.runtime / "health.pid").read_text())
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

@@ -1,0 +1,132 @@
+"""The health service as a child of the supervisor: gunicorn serving health.wsgi.
+
+Why a child and not its own systemd unit: one command (`applianced`) starts the whole appliance on
+any host, systemd or not, and the supervisor restarts gunicorn if it dies, as it does workers. It is
+deliberately *not* tied to the supervisor's death (no parent-death signal): if the supervisor
+vanishes, the health service stays up and says so with a 503, the truthful answer, instead of
+leaving GWLB to infer it from a refused connection. The next supervisor replaces that instance
+through the pidfile before starting its own. Under systemd the whole cgroup stops with the unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from config.schema import ApplianceConfig
+
+PIDFILE = "health.pid"
+RESTART_BASE_NS = 500_000_000
+RESTART_MAX_NS = 30_000_000_000
+STOP_TIMEOUT_NS = 5_000_000_000
+
+log = logging.getLogger("applianced")
+
+
+class HealthService:
+    def __init__(self, config: ApplianceConfig, log_fd: int) -> None:
+        self.config = config
+        self.log_fd = log_fd
+        self.pidfile = config.runtime_dir / PIDFILE
+        self.bind = f"{config.health.bind}:{config.health.port}"
+        self.pid = 0
+        self.state = "STOPPED"
+        self.restarts = 0
+        self.failures = 0  # deaths in a row, for the restart delay
+        self.retry_at_ns = 0
+        self.kill_at_ns = 0
+        self.wanted = config.health.enabled
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "python:health.gunicorn_conf",
+            "health.wsgi:from_environment()",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        health = self.config.health
+        return {
+            **os.environ,
+            "GWLB_RUNTIME_DIR": str(self.config.runtime_dir),
+            "GWLB_HEALTH_BIND": self.bind,
+            "GWLB_HEALTH_MIN_WORKERS": repr(health.min_workers),
+            "GWLB_HEALTH_STALENESS_S": repr(health.staleness_s),
+        }
+
+    def evict_previous(self) -> None:
+        """Stop a health service a previous, dead supervisor left behind (ours, by its pidfile)."""
+        try:
+            pid = int(self.pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"health.wsgi" not in cmdline:
+            return  # the pid was reused by something else: not ours to stop
+        log.info("stopping the health service pid %d left by a previous supervisor", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.05)  # not our child: no wait() to block on
+            os.kill(pid, signal.SIGKILL)
+
+    def start(self, now_ns: int) -> None:
+        actions = [(os.POSIX_SPAWN_DUP2, self.log_fd, 1), (os.POSIX_SPAWN_DUP2, self.log_fd, 2)]
+        self.pid = os.posix_spawn(
+            sys.executable, self.argv(), self.environment(), file_actions=actions
+        )
+        self.pidfile.write_text(f"{self.pid}\n")
+        self.state = "RUNNING"
+        log.info("health service: gunicorn pid %d on %s", self.pid, self.bind)
+
+    def died(self, description: str, now_ns: int) -> None:
+        self.pid = 0
+        if self.state == "STOPPING" or not self.wanted:
+            self.state = "STOPPED"
+            with contextlib.suppress(FileNotFoundError):
+                self.pidfile.unlink()
+            return
+        self.failures += 1
+        delay = min(RESTART_BASE_NS << min(self.failures - 1, 10), RESTART_MAX_NS)
+        self.retry_at_ns = now_ns + delay
+        self.state = "BACKOFF"
+        log.warning("health service %s; restart in %.1f s", description, delay / 1e9)
+
+    def tick(self, now_ns: int) -> None:
+        if self.state == "BACKOFF" and self.wanted and now_ns >= self.retry_at_ns:
+            self.restarts += 1
+            self.start(now_ns)
+        elif self.state == "RUNNING" and self.failures and now_ns - self.retry_at_ns > 60e9:
+            self.failures = 0  # up for a minute: the next death starts the backoff afresh
+        elif self.state == "STOPPING" and now_ns > self.kill_at_ns and self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+
+    def stop(self, now_ns: int) -> None:
+        self.wanted = False
+        if self.state == "RUNNING" and self.pid:
+            os.kill(self.pid, signal.SIGTERM)
+            self.kill_at_ns = now_ns + STOP_TIMEOUT_NS
+            self.state = "STOPPING"
+        elif self.state == "BACKOFF":
+            self.state = "STOPPED"
+
+    def stopped(self) -> bool:
+        return self.state == "STOPPED"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state if self.config.health.enabled else "DISABLED",
+            "pid": self.pid or None,
+            "bind": self.bind,
+            "restarts": self.restarts,
+        }
