@@ -175,6 +175,12 @@ def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
         emulator = start_emulator(tb, workdir, health_port)
         if emulator is None:
             return 1
+        if health_port:
+            healthy = emulator.wait_event("health", 15.0, where=lambda e: bool(e["healthy"]))
+            print(
+                f"GWLB health check on port {health_port}: "
+                + ("healthy" if healthy else "NOT healthy (traffic fails open)")
+            )
         for version in (4, 6):
             print(f"\n=== IPv{version} ===")
             udp_demo(tb, version)
@@ -202,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--health-port",
         type=int,
-        default=None,
-        help="let the emulated GWLB health-check the appliance on this HTTP port",
+        default=80,
+        help="port the emulated GWLB health-checks the appliance on, as GWLB does (0: none)",
     )
     args = p.parse_args(argv)
     reason = netns_unusable_reason()
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        return run_demo(cmd, args.health_port)
+        return run_demo(cmd, args.health_port or None)
     except TestbedError as exc:
         print(f"demo: test bed failed: {exc}", file=sys.stderr)
         return 1
