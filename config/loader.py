@@ -21,6 +21,7 @@ from config.schema import (
     ControlConfig,
     DataPlaneConfig,
     HealthConfig,
+    InterfaceConfig,
     WorkersConfig,
 )
 
@@ -89,12 +90,17 @@ class _Reader:
             raise self.fail(where, f"must be an IPv4 address, not {value!r}") from None
 
     def config(self, data: dict[str, Any]) -> ApplianceConfig:
-        self.table(data, (), {"dataplane", "workers", "runtime", "health", "policy", "control"})
+        self.table(
+            data,
+            (),
+            {"dataplane", "interface", "workers", "runtime", "health", "policy", "control"},
+        )
         runtime = self.table(data, ("runtime",), {"dir"})
         return ApplianceConfig(
             source=self.source,
             dataplane=self.dataplane(data),
             health=self.health(data),
+            interface=self.interface(data),
             workers=self.workers(data),
             control=self.control(data),
             runtime_dir=self.path(runtime, ("runtime", "dir"), "/run/gwlb-appliance"),
@@ -116,6 +122,29 @@ class _Reader:
         ):
             raise self.fail(where, f"must be a number of seconds from 0.1 to 3600, not {value!r}")
         return float(value)
+
+    def interface(self, data: dict[str, Any]) -> InterfaceConfig:
+        where: Path_ = ("interface",)
+        t = self.table(data, where, {"manage", "name", "mtu", "rp_filter", "rmem_bytes"})
+        manage = t.get("manage", True)
+        if not isinstance(manage, bool):
+            raise self.fail((*where, "manage"), f"must be true or false, not {manage!r}")
+        name = t.get("name")
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) < 16):
+            raise self.fail((*where, "name"), f"must be an interface name, not {name!r}")
+        rp_filter = t.get("rp_filter", 2)
+        if rp_filter != "unchanged":
+            rp_filter = self.integer(t, (*where, "rp_filter"), 2, 0, 2)
+        rmem = t.get("rmem_bytes")
+        return InterfaceConfig(
+            manage=manage,
+            name=name,
+            mtu=self.integer(t, (*where, "mtu"), 9001, 8568, 65535),
+            rp_filter=None if rp_filter == "unchanged" else rp_filter,
+            rmem_bytes=None
+            if rmem is None
+            else self.integer(t, (*where, "rmem_bytes"), 0, 1 << 16, 1 << 30),
+        )
 
     def workers(self, data: dict[str, Any]) -> WorkersConfig:
         where: Path_ = ("workers",)

@@ -32,6 +32,15 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class InterfaceConfig:
+    manage: bool = True  # false: leave the host's interfaces to the operator
+    name: str | None = None  # None: the default route's interface (see supervisor.netsetup)
+    mtu: int = 9001  # set when the interface's MTU is below 8568
+    rp_filter: int | None = 2  # 0 off, 1 strict, 2 loose; None: leave as it is
+    rmem_bytes: int | None = None  # None: dataplane.receive_buffer_bytes
+
+
+@dataclass(frozen=True)
 class WorkersConfig:
     count: int | None = None  # None: one per CPU
     heartbeat_timeout_s: float = 5.0  # a worker silent this long is stuck: SIGABRT, then SIGKILL
@@ -50,6 +59,7 @@ class ApplianceConfig:
     source: str  # the file it came from, for messages
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     runtime_dir: Path = DEFAULT_RUNTIME_DIR

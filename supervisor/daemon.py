@@ -17,8 +17,10 @@ from pathlib import Path
 from appliance.errors import BootError
 from config.errors import ConfigError
 from config.loader import default_config_path
+from config.schema import ApplianceConfig
 from supervisor.arbiter import EXIT_BOOT
 from supervisor.control import LogRing
+from supervisor.netsetup import configure_interfaces
 from supervisor.service import Service, load
 
 EXIT_CONFIG = 2
@@ -31,6 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="applianced", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", type=Path, default=None, help="config file (default: the shipped demo policy)"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, print what the interface setup would change, and exit",
     )
     parser.add_argument(
         "--workers",
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnicodeDecodeError) as error:
         log.error("config refused: %s", error)
         return EXIT_CONFIG
+    if args.check:
+        return check(config)
     try:
         service = Service(path, text, config, args.workers, ring)
     except BootError as error:
@@ -81,6 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot boot: %s", error)
         return EXIT_BOOT
     return service.run()
+
+
+def check(config: ApplianceConfig) -> int:
+    """`--check`: the config is valid (we got here); show the interface plan, change nothing."""
+    try:
+        facts = configure_interfaces(config, dry_run=True)
+    except BootError as error:
+        print(f"applianced: {error.strerror or error}", file=sys.stderr)
+        return EXIT_BOOT
+    print(f"config {config.source}: valid, {len(config.policy.rules)} rules")
+    for fact in facts:
+        print(fact)
+    return 0
 
 
 if __name__ == "__main__":

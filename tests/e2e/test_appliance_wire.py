@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from appliance_proc import Appliance, config_text, run_quiet, socket_in
+from appliance_proc import APPLIANCED, Appliance, config_text, run_quiet, socket_in
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw, raw
@@ -211,14 +211,21 @@ def test_allow_list_drops_and_counts_other_sources(
     assert appliance.stop() == 0
 
 
-def test_unbindable_address_is_a_boot_error(testbed: Testbed, tmp_path: Path) -> None:
-    runtime = tmp_path / "run"
+def test_unbindable_address_or_port_is_a_boot_error(testbed: Testbed, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text(config_text(runtime, bind='"10.77.250.9"'))
-    from appliance_proc import APPLIANCED
-
-    done = run_quiet(
-        ["ip", "netns", "exec", testbed.ns_app(1), APPLIANCED, "--config", str(config)]
-    )
+    config.write_text(config_text(tmp_path / "run", bind='"10.77.250.9"'))
+    argv = ["ip", "netns", "exec", testbed.ns_app(1), APPLIANCED, "--config", str(config)]
+    done = run_quiet(argv)
     assert done.returncode == 3
-    assert "cannot bind UDP 10.77.250.9:6081" in done.stderr and "Traceback" not in done.stderr
+    assert "bind address 10.77.250.9: on no interface" in done.stderr
+    assert "Traceback" not in done.stderr
+    # The port taken by a socket outside our reuseport group: the bind itself fails.
+    squatter = socket_in(testbed.ns_app(1), socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("0.0.0.0", 6081))
+    try:
+        config.write_text(config_text(tmp_path / "run"))
+        done = run_quiet(argv)
+    finally:
+        squatter.close()
+    assert done.returncode == 3
+    assert "cannot bind UDP 0.0.0.0:6081" in done.stderr and "Traceback" not in done.stderr
