@@ -304,6 +304,37 @@ BROKEN = [
         "port = 0",
         "not 0",
     ),
+    ("mtu-too-small", "[interface]\nmtu = 1500\n", "interface.mtu", "mtu = 1500", "8568"),
+    ("rp-filter-3", "[interface]\nrp_filter = 3\n", "interface.rp_filter", "rp_filter", "not 3"),
+    (
+        "ifname-too-long",
+        '[interface]\nname = "a-very-long-ifname"\n',
+        "interface.name",
+        "name",
+        "interface name",
+    ),
+    (
+        "steering-typo",
+        '[dataplane]\nsteering = "inner"\n',
+        "dataplane.steering",
+        "steering",
+        "inner-flow, kernel",
+    ),
+    (
+        "health-min-workers",
+        "[health]\nmin_workers = 1.5\n",
+        "health.min_workers",
+        "min_workers",
+        "fraction",
+    ),
+    ("control-mode", '[control]\nmode = "777x"\n', "control.mode", "mode", "octal"),
+    (
+        "heartbeat-timeout",
+        "[workers]\nheartbeat_timeout_s = 0\n",
+        "workers.heartbeat_timeout_s",
+        "heartbeat_timeout_s",
+        "seconds",
+    ),
 ]
 
 
