@@ -51,9 +51,20 @@ class _Mmsghdr(ctypes.Structure):
 _MSIZE = ctypes.sizeof(_Mmsghdr)
 _IOVSIZE = ctypes.sizeof(_Iovec)
 _FLAGS_OFF = _Msghdr.msg_flags.offset
-_LEN_OFF = _Mmsghdr.msg_len.offset
-_RESULT = struct.Struct(f"=i{_LEN_OFF - _FLAGS_OFF - 4}xI")  # msg_flags ... msg_len
+# For loops that read results inline (the worker): message i's (flags, length) are RESULT at
+# i * MSG_BYTES + RESULT_OFFSET of `headers`; its sender is PEER at i * NAME_BYTES + 2 of `names`;
+# the address it was sent to is LOCAL at i * CONTROL_BYTES + PKTINFO_OFFSET of `control`.
+MSG_BYTES = _MSIZE
+RESULT_OFFSET = _FLAGS_OFF
+NAME_BYTES = _NAME_BYTES
+CONTROL_BYTES = _CONTROL_BYTES
+PKTINFO_OFFSET = _PKTINFO_ADDR
 _IOVEC = struct.Struct("@PN")  # pointer, size_t
+_IOV_LEN = struct.Struct("@N")
+_IOV_LEN_OFF = _Iovec.iov_len.offset
+RESULT = struct.Struct(f"=i{_Mmsghdr.msg_len.offset - _Msghdr.msg_flags.offset - 4}xI")
+PEER = struct.Struct("!HI")  # sockaddr_in port and address, at +2 of each name
+LOCAL = struct.Struct("!I")  # in_pktinfo's ipi_addr
 
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
@@ -119,7 +130,7 @@ class ReceiveBatch:
 
     def result(self, i: int) -> tuple[int, int]:
         """(msg_flags, length) of datagram i."""
-        flags, length = _RESULT.unpack_from(self.headers, i * _MSIZE + _FLAGS_OFF)
+        flags, length = RESULT.unpack_from(self.headers, i * _MSIZE + _FLAGS_OFF)
         return flags, length
 
     def peer(self, i: int) -> bytes:
@@ -134,33 +145,43 @@ class ReceiveBatch:
 
 
 class SendBatch:
-    """Up to `size` IPv4 packets per sendmmsg on a raw IP_HDRINCL socket, from caller buffers."""
+    """Replies for a ReceiveBatch, sent with one sendmmsg on a raw IP_HDRINCL socket.
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    Reply i is slot i of the receive arena (the header written into its headroom) addressed to
+    the sockaddr the datagram came from (a raw socket ignores the port). Message i points at
+    those once and for all, so queueing a reply only writes its length; when a datagram before it
+    was dropped, its 64-byte message is copied down to keep the array contiguous.
+    """
+
+    def __init__(self, rx: ReceiveBatch) -> None:
+        size = rx.size
         self.count = 0
-        self._names = bytearray(_NAME_BYTES * size)
         self._iovecs = bytearray(_IOVSIZE * size)
         self._headers = bytearray(_MSIZE * size)
-        names, iovecs = _address(self._names), _address(self._iovecs)
+        iovecs, names = _address(self._iovecs), _address(rx.names)
         msgs = (_Mmsghdr * size).from_buffer(self._headers)
         for i in range(size):
-            struct.pack_into("=H", self._names, i * _NAME_BYTES, socket.AF_INET)
+            _IOVEC.pack_into(self._iovecs, i * _IOVSIZE, rx.arena_address + i * SLOT_BYTES, 0)
             hdr = msgs[i].msg_hdr
             hdr.msg_name = names + i * _NAME_BYTES
             hdr.msg_namelen = _NAME_BYTES
             hdr.msg_iov = iovecs + i * _IOVSIZE
             hdr.msg_iovlen = 1
         del msgs, hdr
+        self._pristine = bytes(self._headers)
+        self._moved = False
         self._headers_address = _address(self._headers)
 
-    def add(self, address: int, length: int, destination: bytes) -> None:
-        """Queue `length` bytes at memory `address` (a whole IPv4 packet) for `destination`."""
-        i = self.count
-        _IOVEC.pack_into(self._iovecs, i * _IOVSIZE, address, length)
-        at = i * _NAME_BYTES + 4
-        self._names[at : at + 4] = destination
-        self.count = i + 1
+    def add(self, i: int, length: int) -> None:
+        """Queue slot i's reply: `length` bytes from the start of its headroom."""
+        _IOV_LEN.pack_into(self._iovecs, i * _IOVSIZE + _IOV_LEN_OFF, length)
+        j = self.count
+        if j != i:
+            self._headers[j * _MSIZE : (j + 1) * _MSIZE] = self._pristine[
+                i * _MSIZE : (i + 1) * _MSIZE
+            ]
+            self._moved = True
+        self.count = j + 1
 
     def flush(self, fd: int) -> tuple[int, list[int]]:
         """Send everything queued: (packets sent, errno of each packet that failed)."""
@@ -174,4 +195,7 @@ class SendBatch:
             else:
                 sent += done
                 position += done
+        if self._moved:
+            self._headers[:] = self._pristine
+            self._moved = False
         return sent, failures

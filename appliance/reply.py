@@ -20,11 +20,34 @@ _CONSTANT_WORDS = 0x4500 + 0x4000 + (TTL << 8 | 17)  # version/IHL/TOS, DF, TTL/
 MAX_CACHED_PAIRS = 4096
 
 
+MAX_CACHED_HEADERS = 16384
+
+
 class ReplyHeaders:
-    """Writes reply headers; caches the checksum's constant part per (local, peer) address pair."""
+    """Reply headers, cached whole per (peer, port, local, length): GWLB traffic repeats them."""
 
     def __init__(self) -> None:
         self._sums: dict[bytes, int] = {}
+        self._headers: dict[tuple[int, int, int, int], bytes] = {}
+        self._scratch = bytearray(HEADER_LEN)
+
+    def header(self, peer: int, peer_port: int, local: int, udp_payload: int) -> bytes:
+        """The 28 header bytes from `local` to `peer` for a UDP payload of `udp_payload` bytes."""
+        key = (peer, peer_port, local, udp_payload)
+        found = self._headers.get(key)
+        if found is None:
+            if len(self._headers) >= MAX_CACHED_HEADERS:
+                self._headers.clear()  # bounded memory whatever the traffic
+            self.write(
+                self._scratch,
+                0,
+                local.to_bytes(4, "big"),
+                peer.to_bytes(4, "big"),
+                peer_port,
+                udp_payload,
+            )
+            found = self._headers[key] = bytes(self._scratch)
+        return found
 
     def write(
         self, out: bytearray, at: int, local: bytes, peer: bytes, peer_port: int, udp_payload: int

@@ -9,13 +9,13 @@ MAX_CACHED = 4096  # distinct senders remembered; GWLB fleets have a handful of 
 
 
 class SourceFilter:
-    """Answers "may this IPv4 address (4 raw bytes) send us Geneve?" with a per-address cache."""
+    """Answers "may this IPv4 address (an int) send us Geneve?" with a per-address cache."""
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network]) -> None:
         self.networks = tuple(networks)
-        self._verdicts: dict[bytes, bool] = {}
+        self._verdicts: dict[int, bool] = {}
 
-    def __call__(self, address: bytes) -> bool:
+    def __call__(self, address: int) -> bool:
         verdict = self._verdicts.get(address)
         if verdict is None:
             if len(self._verdicts) >= MAX_CACHED:

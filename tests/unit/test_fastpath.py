@@ -1,0 +1,138 @@
+"""The fast path against the full path: it may only ever say "passes" where the full path says
+PASS, and it must actually take the common packets (or it would be a fast path in name only)."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from scapy.packet import Raw, raw
+
+from appliance.datapath import Outcome, handle_datagram
+from appliance.fastpath import FastPath
+from appliance.policy import Action, Match, Policy, Rule
+
+SLOT = 9216
+START = 28
+OPTIONS = (
+    bytes.fromhex("01080102")
+    + bytes(8)
+    + bytes.fromhex("01080202")
+    + bytes(8)
+    + bytes.fromhex("01080301")
+    + bytes(4)
+)
+POLICIES = {
+    "demo": None,  # the shipped default, from the fixture
+    "tcp-port": Policy([Rule("t", Action.DROP, Match(protocol=6, dst_ports=frozenset({22})))]),
+    "any-protocol": Policy([Rule("a", Action.DROP, Match(payload_contains=b"evil"))]),
+    "udp-all-ports": Policy([Rule("u", Action.DROP, Match(protocol=17, payload_contains=b"x"))]),
+    "gre": Policy([Rule("g", Action.DROP, Match(protocol=47))]),
+    "empty": Policy([]),
+}
+
+
+def slot(datagram: bytes) -> bytearray:
+    buf = bytearray(SLOT)
+    buf[START : START + len(datagram)] = datagram
+    return buf
+
+
+def geneve(protocol: int) -> bytes:
+    return struct.pack("!BBHI", 8, 0, protocol, 0) + OPTIONS
+
+
+def agree(policy: Policy, datagram: bytes) -> bool:
+    """Assert the fast path is sound on this datagram; return whether it took it."""
+    buf = slot(datagram)
+    fast = FastPath(policy).passes(buf, START, len(datagram))
+    if fast:
+        assert handle_datagram(bytes(buf), START, START + len(datagram), policy) == (
+            Outcome.PASS,
+            -1,
+            None,
+        ), datagram.hex()
+    return fast
+
+
+def test_common_pass_through_takes_the_fast_path(default_policy: Policy) -> None:
+    v4, v6 = {"src": "10.1.0.5", "dst": "10.2.0.9"}, {"src": "fd00::5", "dst": "fd00::9"}
+    common = [
+        IP(**v4) / UDP(sport=40000, dport=53) / Raw(b"q" * 30),
+        IP(**v4) / TCP(sport=40000, dport=443) / Raw(b"x" * 1400),
+        IP(**v4) / ICMP(type=3, code=4) / Raw(b"y" * 28),  # not an echo: no rule watches it
+        IPv6(**v6) / UDP(sport=123, dport=123) / Raw(b"n" * 48),
+        IPv6(**v6) / TCP(sport=5060, dport=5060),
+        IP(**v4, proto=47) / Raw(b"\x00\x00\x08\x00" + b"g" * 20),  # GRE: no rule names it
+    ]
+    for inner in common:
+        protocol = 0x86DD if isinstance(inner, IPv6) else 0x0800
+        assert agree(default_policy, geneve(protocol) + raw(inner)), inner.summary()
+
+
+def test_what_a_rule_might_touch_takes_the_full_path(default_policy: Policy) -> None:
+    v4 = {"src": "10.1.0.5", "dst": "10.2.0.9"}
+    watched = [
+        IP(**v4) / UDP(sport=3000, dport=9) / Raw(b"weakly typed"),
+        IP(**v4) / UDP(sport=9, dport=3000) / Raw(b"harmless"),
+        IP(**v4) / ICMP(type=8, seq=7),
+        IP(**v4, options=b"\x94\x04\x00\x00") / UDP(dport=53),  # IPv4 options
+        IP(**v4, flags="MF") / UDP(dport=53) / Raw(b"z" * 16),  # a first fragment
+        IPv6(src="fd00::5", dst="fd00::9") / IPv6ExtHdrHopByHop() / UDP(dport=53),
+    ]
+    for inner in watched:
+        protocol = 0x86DD if isinstance(inner, IPv6) else 0x0800
+        assert not agree(default_policy, geneve(protocol) + raw(inner)), inner.summary()
+
+
+inner_packets = st.one_of(
+    st.builds(
+        lambda s, d, p: raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=s, dport=d) / Raw(p)),
+        st.integers(0, 65535),
+        st.sampled_from([3000, 22, 53, 80]),
+        st.binary(max_size=64),
+    ),
+    st.builds(
+        lambda s, d, p: raw(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=s, dport=d) / Raw(p)),
+        st.sampled_from([22, 3000, 443]),
+        st.integers(0, 65535),
+        st.binary(max_size=64),
+    ),
+    st.builds(
+        lambda t, q: raw(IP(src="10.0.0.1", dst="10.0.0.2") / ICMP(type=t, seq=q)),
+        st.integers(0, 255),
+        st.integers(0, 65535),
+    ),
+    st.builds(
+        lambda proto, p: raw(IP(src="10.0.0.1", dst="10.0.0.2", proto=proto) / Raw(p)),
+        st.sampled_from([1, 6, 17, 47, 50, 58]),
+        st.binary(max_size=40),
+    ),
+    st.builds(
+        lambda nh, p: raw(IPv6(src="fd00::1", dst="fd00::2", nh=nh) / Raw(p)),
+        st.sampled_from([0, 1, 6, 17, 44, 47, 58, 59]),
+        st.binary(max_size=40),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    inner=inner_packets,
+    flips=st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=3),
+    cut=st.integers(-8, 0),
+)
+def test_the_fast_path_never_passes_what_the_full_path_would_not(
+    default_policy: Policy, inner: bytes, flips: list[tuple[int, int]], cut: int
+) -> None:
+    protocol = 0x86DD if inner[0] >> 4 == 6 else 0x0800
+    datagram = bytearray(geneve(protocol) + inner)
+    for at, value in flips:  # mutate headers: lengths, versions, option tags, ports
+        if at < len(datagram):
+            datagram[at] = value
+    data = bytes(datagram[: len(datagram) + cut] if cut else datagram)
+    for policy in POLICIES.values():
+        agree(policy or default_policy, data)
