@@ -1,8 +1,10 @@
 """One datagram in, one outcome out: the pure core of the worker (no I/O, no logging).
 
-`handle_datagram` takes the UDP payload GWLB sent (Geneve onwards) in buf[start:end] and says
-what to do with it. For PASS the datagram goes back exactly as it came; for REWRITE the returned
-bytes (the same Geneve header and options, the rewritten inner packet) go back instead.
+`decide_in_place` takes the UDP payload GWLB sent (Geneve onwards) in buf[start:end] and says
+what to do with it. For PASS the datagram goes back exactly as it came; for REWRITE it has been
+rewritten where it lies (the same Geneve header and options, the rewritten inner packet) and goes
+back up to its new end. `handle_datagram` is the same decision on a copy, for callers that keep
+their buffer (tests, tools).
 """
 
 from __future__ import annotations
@@ -13,35 +15,51 @@ from appliance.errors import DecodeError
 from appliance.geneve import check_geneve
 from appliance.inner import parse_inner
 from appliance.policy import Policy, Verdict
-from appliance.rewrite import rewrite_payload
+from appliance.rewrite import rewrite_in_place
+
+SCRATCH_BYTES = 9216  # room for a rewrite to grow to the 8500-byte limit
 
 
 class Outcome(enum.IntEnum):
     PASS = 0  # send back unchanged
-    REWRITE = 1  # send back the returned bytes
+    REWRITE = 1  # send back the rewritten datagram
     DROP = 2  # a rule dropped it; detail = rule index
     MALFORMED = 3  # detail = errors.Reason
     OVERSIZE = 4  # a rewrite would exceed 8500 bytes of inner packet; detail = rule index
     UNREWRITABLE = 5  # a replace matched a fragment or routed packet; detail = rule index
 
 
-def handle_datagram(
-    buf: bytes | bytearray, start: int, end: int, policy: Policy
-) -> tuple[Outcome, int, bytearray | None]:
-    """Decide what happens to the Geneve datagram buf[start:end]: (outcome, detail, new bytes)."""
+def decide_in_place(
+    buf: bytearray, start: int, end: int, policy: Policy
+) -> tuple[Outcome, int, int]:
+    """(outcome, detail, end of the reply): the worker's entry, rewriting within its slot."""
     try:
         inner, protocol = check_geneve(buf, start, end)
         pkt = parse_inner(buf, inner, end, protocol)
     except DecodeError as error:
-        return Outcome.MALFORMED, int(error.reason), None
+        return Outcome.MALFORMED, int(error.reason), end
     verdict, rule, replacements = policy.decide(buf, pkt)
     if verdict is Verdict.PASS:
-        return Outcome.PASS, -1, None
+        return Outcome.PASS, -1, end
     if verdict is Verdict.DROP:
-        return Outcome.DROP, rule, None
+        return Outcome.DROP, rule, end
     if verdict is Verdict.UNREWRITABLE:
-        return Outcome.UNREWRITABLE, rule, None
-    rewritten = rewrite_payload(buf, start, pkt, replacements)
-    if rewritten is None:
-        return Outcome.OVERSIZE, rule, None
-    return Outcome.REWRITE, rule, rewritten
+        return Outcome.UNREWRITABLE, rule, end
+    new_end = rewrite_in_place(buf, pkt, replacements)
+    if new_end is None:
+        return Outcome.OVERSIZE, rule, end
+    return Outcome.REWRITE, rule, new_end
+
+
+def handle_datagram(
+    buf: bytes | bytearray, start: int, end: int, policy: Policy
+) -> tuple[Outcome, int, bytes | None]:
+    """Decide the Geneve datagram buf[start:end] without touching `buf`: (outcome, detail, the
+    rewritten datagram for REWRITE)."""
+    length = end - start
+    scratch = bytearray(max(SCRATCH_BYTES, length))
+    scratch[:length] = buf[start:end]
+    outcome, detail, new_end = decide_in_place(scratch, 0, length, policy)
+    if outcome is Outcome.REWRITE:
+        return outcome, detail, bytes(scratch[:new_end])
+    return outcome, detail, None

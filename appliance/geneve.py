@@ -28,7 +28,8 @@ _HEADER = struct.Struct("!BBH")  # ver/opt_len, O/C/reserved, protocol type
 _OPTION = struct.Struct("!HBB")  # class, type (C bit on top), reserved/length in words
 
 # GWLB's layout: endpoint id, attachment id, flow cookie, in that order, 32 bytes of options.
-_USUAL_TAGS = (b"\x01\x08\x01\x02", b"\x01\x08\x02\x02", b"\x01\x08\x03\x01")
+_USUAL_WORDS = struct.Struct("!I4xI8xI8xI")  # first word, then each option's header
+_USUAL_TAG_WORDS = (0x01080102, 0x01080202, 0x01080301)  # class 0x0108: type, length in words
 
 
 class GeneveHeader(NamedTuple):
@@ -44,8 +45,17 @@ class GeneveHeader(NamedTuple):
 def check_geneve(buf: Buffer, start: int, end: int) -> tuple[int, int]:
     """Validate the Geneve header at buf[start:end] as GWLB's; return (inner offset, protocol).
 
-    The hot path's entry: it allocates nothing when the options have GWLB's usual layout.
+    The hot path's entry: GWLB's usual layout (version 0, no flags, its three options in order)
+    is recognised with one struct read; anything else is checked field by field.
     """
+    if end - start >= 40:
+        word, t1, t2, t3 = _USUAL_WORDS.unpack_from(buf, start)
+        if (
+            word >> 16 == 0x0800
+            and (t1, t2, t3) == _USUAL_TAG_WORDS
+            and (word & 0xFFFF == ETH_P_IP or word & 0xFFFF == ETH_P_IPV6)
+        ):
+            return start + 40, word & 0xFFFF  # version 0, 8 words of GWLB's three options
     if end - start < HEADER_LEN:
         raise DecodeError("geneve", start, Reason.TRUNCATED, "shorter than the 8-byte header")
     first, flags, protocol = _HEADER.unpack_from(buf, start)
@@ -58,13 +68,7 @@ def check_geneve(buf: Buffer, start: int, end: int) -> tuple[int, int]:
         raise DecodeError("geneve", start, Reason.GENEVE_OPTIONS_LENGTH, "options overrun")
     if protocol != ETH_P_IP and protocol != ETH_P_IPV6:
         raise DecodeError("geneve", start + 2, Reason.GENEVE_PROTOCOL, f"0x{protocol:04x}")
-    if not (
-        length == 40
-        and buf[start + 8 : start + 12] == _USUAL_TAGS[0]
-        and buf[start + 20 : start + 24] == _USUAL_TAGS[1]
-        and buf[start + 32 : start + 36] == _USUAL_TAGS[2]
-    ):
-        _aws_options(buf, start, length)
+    _aws_options(buf, start, length)  # any other layout: walk every option
     return start + length, protocol
 
 

@@ -76,58 +76,107 @@ class Policy:
     def __init__(self, rules: tuple[Rule, ...] | list[Rule] = ()) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         # Rules that can match each transport protocol, in order: most packets meet one or two.
-        self._by_protocol: dict[int, tuple[tuple[int, Rule], ...]] = {
-            proto: tuple(
-                (i, r)
+        self._compiled: tuple[tuple[_Compiled, ...], ...] = tuple(
+            tuple(
+                _compile(i, r)
                 for i, r in enumerate(self.rules)
                 if r.match.protocol is None or r.match.protocol == proto
             )
             for proto in range(256)
-        }
+        )
 
     def decide(self, buf: bytes | bytearray, pkt: InnerPacket) -> Decision:
-        """The verdict for the parsed inner packet `pkt` inside `buf`."""
-        if pkt.fragment == Fragment.LATER:
+        """The verdict for the parsed inner packet `pkt` inside `buf`.
+
+        Per packet, on the slow path: the rules are flat tuples and the packet's fields locals,
+        because attribute lookups and a call per rule cost more than the comparisons.
+        """
+        (
+            version,
+            _,
+            end,
+            protocol,
+            _,
+            fragment,
+            sport,
+            dport,
+            icmp_type,
+            icmp_seq,
+            payload,
+            routed,
+        ) = pkt
+        if fragment == Fragment.LATER:
             return PASS_DECISION
         replacements: list[tuple[bytes, bytes]] = []
         first_replace = -1
-        for index, rule in self._by_protocol[pkt.protocol]:
-            if not _matches(rule.match, buf, pkt):
+        for (
+            index,
+            action,
+            ip_version,
+            ports,
+            src_ports,
+            dst_ports,
+            icmp_types,
+            contains,
+            every,
+            find,
+            replace,
+        ) in self._compiled[protocol]:
+            if (
+                (ip_version is not None and ip_version != version)
+                or (ports is not None and sport not in ports and dport not in ports)
+                or (src_ports is not None and sport not in src_ports)
+                or (dst_ports is not None and dport not in dst_ports)
+                or (icmp_types is not None and icmp_type not in icmp_types)
+                or (contains is not None and buf.find(contains, payload, end) < 0)
+            ):
                 continue
-            action = rule.action
             if action is Action.DROP:
                 return Decision(Verdict.DROP, index, ())
             if action is Action.DROP_SEQ_MULTIPLE:
-                if pkt.icmp_seq >= 0 and pkt.icmp_seq % rule.every == 0:
+                if icmp_seq >= 0 and icmp_seq % every == 0:
                     return Decision(Verdict.DROP, index, ())
             elif action is Action.REPLACE:
-                if buf.find(rule.find, pkt.payload, pkt.end) >= 0:
-                    replacements.append((rule.find, rule.replace))
+                if buf.find(find, payload, end) >= 0:
+                    replacements.append((find, replace))
                     if first_replace < 0:
                         first_replace = index
             else:  # PASS
                 break
         if not replacements:
             return PASS_DECISION
-        if pkt.fragment != Fragment.NONE or pkt.routed or pkt.protocol not in REWRITABLE_PROTOCOLS:
+        if fragment != Fragment.NONE or routed or protocol not in REWRITABLE_PROTOCOLS:
             return Decision(Verdict.UNREWRITABLE, first_replace, ())
         return Decision(Verdict.REWRITE, first_replace, tuple(replacements))
 
 
-def _matches(match: Match, buf: bytes | bytearray, pkt: InnerPacket) -> bool:
-    if match.ip_version is not None and match.ip_version != pkt.version:
-        return False
-    if match.ports is not None and (
-        pkt.src_port not in match.ports and pkt.dst_port not in match.ports
-    ):
-        return False
-    if match.src_ports is not None and pkt.src_port not in match.src_ports:
-        return False
-    if match.dst_ports is not None and pkt.dst_port not in match.dst_ports:
-        return False
-    if match.icmp_types is not None and pkt.icmp_type not in match.icmp_types:
-        return False
+_Compiled = tuple[
+    int,
+    Action,
+    "int | None",
+    "frozenset[int] | None",
+    "frozenset[int] | None",
+    "frozenset[int] | None",
+    "frozenset[int] | None",
+    "bytes | None",
+    int,
+    bytes,
+    bytes,
+]
+
+
+def _compile(index: int, rule: Rule) -> _Compiled:
+    m = rule.match
     return (
-        match.payload_contains is None
-        or buf.find(match.payload_contains, pkt.payload, pkt.end) >= 0
+        index,
+        rule.action,
+        m.ip_version,
+        m.ports,
+        m.src_ports,
+        m.dst_ports,
+        m.icmp_types,
+        m.payload_contains,
+        rule.every,
+        rule.find,
+        rule.replace,
     )

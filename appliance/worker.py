@@ -28,7 +28,7 @@ from appliance.batchio import (
     SendBatch,
 )
 from appliance.counters import Counter
-from appliance.datapath import Outcome, handle_datagram
+from appliance.datapath import Outcome, decide_in_place
 from appliance.errors import Reason
 from appliance.fastpath import FastPath
 from appliance.policy import Policy
@@ -108,7 +108,12 @@ class Worker:
         """
         rx, tx, c = self._rx, self._tx, self.counters
         headers, names, control, arena = rx.headers, rx.names, rx.control, rx.arena
-        fast, policy, sources = self._fast.passes, self._policy, self.sources
+        fast, decide, policy, sources = (
+            self._fast.passes,
+            decide_in_place,
+            self._policy,
+            self.sources,
+        )
         header_for, add = self._headers.header, tx.add
         result, peer_of, local_of = RESULT.unpack_from, PEER.unpack_from, LOCAL.unpack_from
         passed = rewritten = 0
@@ -126,13 +131,11 @@ class Worker:
             if fast(arena, start, length):
                 passed += 1
             else:
-                outcome, detail, new = handle_datagram(arena, start, start + length, policy)
+                outcome, detail, end = decide(arena, start, start + length, policy)
                 if outcome is Outcome.PASS:
                     passed += 1
                 elif outcome is Outcome.REWRITE:
-                    assert new is not None
-                    length = len(new)
-                    arena[start : start + length] = new  # same size slice: no resize
+                    length = end - start  # rewritten in its slot, which has room to grow
                     rewritten += 1
                 else:
                     self._refuse(outcome, detail)
