@@ -8,6 +8,7 @@ happens in `run`'s loop, woken by the signal wakeup fd.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -227,6 +228,11 @@ class Service:
             if _get(config, name) != _get(self.config, name)
         ]
         self._write_snapshot(text)
+        # What the workers apply: the policy and the allow-list; the rest waits for a restart.
+        plane = dataclasses.replace(
+            self.config.dataplane, allow_sources=config.dataplane.allow_sources
+        )
+        self.config = dataclasses.replace(self.config, policy=config.policy, dataplane=plane)
         self.table.header[H.CONFIG_GENERATION] += 1
         generation = int(self.table.header[H.CONFIG_GENERATION])
         detail = f"generation {generation}: {len(config.policy.rules)} rules"
