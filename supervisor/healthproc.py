@@ -29,6 +29,14 @@ STOP_TIMEOUT_NS = 5_000_000_000
 log = logging.getLogger("applianced")
 
 
+TITLE = b"[applianced: health]"  # gunicorn's title for us (health.gunicorn_conf proc_name)
+
+
+def is_health_service(cmdline: bytes) -> bool:
+    """Whether /proc/PID/cmdline is our gunicorn: as spawned, or as it renames itself."""
+    return b"health.wsgi" in cmdline or TITLE in cmdline
+
+
 class HealthService:
     def __init__(self, config: ApplianceConfig, log_fd: int) -> None:
         self.config = config
@@ -55,8 +63,10 @@ class HealthService:
 
     def environment(self) -> dict[str, str]:
         health = self.config.health
+        # Without NOTIFY_SOCKET: gunicorn would tell systemd READY=1 before our workers run.
+        inherited = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         return {
-            **os.environ,
+            **inherited,
             "GWLB_RUNTIME_DIR": str(self.config.runtime_dir),
             "GWLB_HEALTH_BIND": self.bind,
             "GWLB_HEALTH_MIN_WORKERS": repr(health.min_workers),
@@ -70,7 +80,7 @@ class HealthService:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return
-        if b"health.wsgi" not in cmdline:
+        if not is_health_service(cmdline):
             return  # the pid was reused by something else: not ours to stop
         log.info("stopping the health service pid %d left by a previous supervisor", pid)
         with contextlib.suppress(ProcessLookupError):

@@ -11,6 +11,7 @@ nc -h 2>&1 | grep -q OpenBSD || need+=(netcat-openbsd)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v shellcheck >/dev/null || need+=(shellcheck)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive

@@ -29,8 +29,8 @@ from testbed import (
     LineReader,
     Testbed,
     TestbedError,
-    emulator_command,
     feed_lines,
+    launch_emulator,
     netns_unusable_reason,
     ping,
 )
@@ -71,14 +71,7 @@ def start_emulator(tb: Testbed, workdir: Path, health_port: int | None) -> Emula
     extra = [f"--health-port={health_port}", "--health-interval-s=1"] if health_port else []
     report = workdir / "emulator-report.json"
     log = workdir / "emulator.log"
-    with open(log, "wb") as stderr:
-        proc = tb.popen(
-            tb.ns_gwlb,
-            emulator_command(tb.targets(), report=str(report), extra=extra),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    handle = EmulatorHandle(proc, str(report))
+    handle = launch_emulator(tb, report, log, extra)
     if handle.wait_ready(START_TIMEOUT_S):
         return handle
     print("!! the emulator never said it was ready")

@@ -442,6 +442,20 @@ def emulator_command(
     return [*argv, *extra]
 
 
+def launch_emulator(
+    tb: Testbed, report: Path, log: Path, extra: Sequence[str] = ()
+) -> EmulatorHandle:
+    """Start the emulator in tb's gwlb namespace (events on a pipe, stderr to `log`)."""
+    with open(log, "wb") as stderr:
+        proc = tb.popen(
+            tb.ns_gwlb,
+            emulator_command(tb.targets(), report=str(report), extra=extra),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    return EmulatorHandle(proc, str(report))
+
+
 class LineReader:
     """Collects what a process writes to a pipe, line by line, in a thread; waits on it.
 

@@ -20,6 +20,7 @@ from testbed import Testbed, wait_until
 from appliance.counters import snapshot, total
 from appliance.stats import H, S, StatsTable
 from config.loader import load_config
+from supervisor.healthproc import is_health_service
 
 APPLIANCED = str(Path(sys.executable).with_name("applianced"))
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
@@ -81,8 +82,9 @@ class Appliance:
             pid = int((self.runtime / "health.pid").read_text())
         except (OSError, ValueError):
             return
-        if b"health.wsgi" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            if is_health_service(Path(f"/proc/{pid}/cmdline").read_bytes()):
+                os.kill(pid, signal.SIGKILL)
 
     def health_pid(self) -> int:
         return int((self.runtime / "health.pid").read_text())

@@ -27,7 +27,7 @@ from testbed import (
     EmulatorHandle,
     LineReader,
     Testbed,
-    emulator_command,
+    launch_emulator,
     netns_unusable_reason,
 )
 
@@ -66,14 +66,7 @@ def start_emulator(tmp_path: Path) -> Callable[..., EmulatorHandle]:
         nonlocal count
         count += 1
         report, log = tmp_path / f"emulator-{count}.json", tmp_path / f"emulator-{count}.log"
-        with open(log, "wb") as stderr:
-            proc = tb.popen(
-                tb.ns_gwlb,
-                emulator_command(tb.targets(), report=str(report), extra=extra),
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        handle = EmulatorHandle(proc, str(report))
+        handle = launch_emulator(tb, report, log, extra)
         if not handle.wait_ready(10.0):
             handle.finish()
             pytest.fail(f"emulator never became ready; stderr:\n{_log_tail(log)}")
