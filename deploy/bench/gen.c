@@ -1,28 +1,54 @@
 /*
  * gen.c: GWLB-style Geneve load generator and validating receiver for the appliance benchmark.
  *
- * One process, two threads:
- *   - the sender builds GWLB packets (Geneve with the three AWS options + inner IPv4/UDP) and
- *     sends them from `--flows` UDP sockets, each bound to its own source port (one "flow" each,
- *     with its own flow cookie), to DST:6081. The outer IPv4/UDP header is the kernel's.
+ * One process, up to three threads:
+ *   - the sender sends GWLB packets (Geneve with the three AWS options + an inner IPv4 or IPv6
+ *     packet) from `--flows` UDP sockets, each bound to its own source port (an outer "flow"), to
+ *     DST:6081. The outer IPv4/UDP header is the kernel's.
  *       --mode flood:   sendmmsg batches, round robin over the flows, as fast as it can;
  *       --mode latency: one packet every 1/--rate seconds (absolute-deadline sleeps).
  *     (--mode jitter sends nothing: it only sleeps like the latency sender and reports by how much
- *     each wake-up came late, the machine's own scheduling noise, to read latency tails against.)
+ *     each wake-up came late, the machine's own scheduling noise, to read latency tails against.
+ *     --mode probe sends nothing either: only the health prober below runs, for --seconds.)
  *   - the receiver owns a UDP socket bound to SRC:6081 (where the appliance's replies go), counts
- *     every reply and validates it against what that flow sent: outer UDP source port, Geneve
- *     header and options byte-identical, inner packet as expected (passed unchanged, or rewritten
- *     "weakly typed" -> "strongly typed" with every length and checksum right).
+ *     every reply and validates it against the template it answers (below).
+ *   - with --probe-rate R > 0, a prober sends R HTTP health probes per second (`GET /`, a new TCP
+ *     connection each, as GWLB's HTTP health check does) to DST:--probe-port while the sender runs,
+ *     and counts the answers by status.
  *
- * Each inner payload starts with a fixed layout (offsets inside the inner UDP payload):
+ * What is sent (--case): every flow cycles through the same list of templates, one per "slot":
+ *   pass     one slot: inner IPv4/UDP to port 5000, passed unchanged;
+ *   rewrite  one slot: inner IPv4/UDP to port 3000 with "weakly typed": rewritten to "strongly typed";
+ *   mix      100 slots (build_mix below; `gen --describe --case mix` lists them), sent interleaved
+ *            (position k of the cycle is slot 37 * k mod 100):
+ *              60 pass-through inner IPv4: 30 UDP, 30 TCP, on well-known ports on either side
+ *                 (53, 123, 443, 4789, 5060, 6081, 80, ...; the other side an ephemeral port);
+ *              10 pass-through inner IPv6: 5 UDP, 5 TCP;
+ *              10 rewrite: UDP port 3000 with "weakly typed" (8 IPv4, 2 IPv6);
+ *               5 drop: UDP port 3000 with "drop me" (and "weakly typed": the drop wins; 4 IPv4,
+ *                 1 IPv6);
+ *              10 ICMP echo requests (5 IPv4, 5 ICMPv6), sequence numbers 5n+1 .. 5n+4 and 5n:
+ *                 one in five is a multiple of 5 and dropped;
+ *               5 TCP with port 3000 and "weakly typed" (2 also "drop me"): no rule for TCP, passed.
+ *            Per 100 packets: 93 replies expected, 7 drops.
+ * Every template is its own inner flow (addresses, ports, flow cookie); flow f sends template
+ * f * slots + position. The receiver knows for each template whether a reply is expected and what
+ * it must be: pass = byte-identical to what was sent (Geneve, inner headers, checksums, payload);
+ * rewrite = the rewritten packet, every length and checksum right; drop = no reply at all (a reply
+ * is counted as the error "unexpected"). The outer UDP source port must be the flow's own. A
+ * template that expects replies, was sent at least twice and got none is counted as "silent" (a
+ * packet the target drops but must not: random losses do not hit every copy of one template).
+ *
+ * Each inner payload (UDP, TCP or ICMP data) starts with a fixed layout:
  *     0  u64  sequence number (host order)
  *     8  u64  send time, CLOCK_MONOTONIC ns (host order)
- *    16  u32  flow index
+ *    16  u32  template index
  *    20  4    magic "GWBN"
  *    24  12   "weakly typed"   (before any text a rewrite changes, so nothing above moves)
- *    36  ...  filler a..z
- * The inner UDP checksum is correct for every packet: the sum of everything but the first 16
- * payload bytes is precomputed per flow, the 8 words of sequence and time are added per packet.
+ *    36  7    "drop me", in the templates that carry it
+ *    ..  ...  filler a..z
+ * The transport checksum is correct for every packet: the sum of everything but the first 16
+ * payload bytes is precomputed per template, the 8 words of sequence and time are added per packet.
  *
  * Every loop is bounded in packets and in time. The result is one JSON object on stdout.
  * Build: gcc -O2 -Wall -Wextra -pthread -o gen gen.c
@@ -32,6 +58,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -46,66 +73,105 @@
 
 #define GENEVE_PORT 6081
 #define GENEVE_LEN 40 /* 8-byte header + 32 bytes of AWS options */
-#define IP_LEN 20
+#define IP4_LEN 20
+#define IP6_LEN 40
 #define UDP_LEN 8
-#define INNER_OFF GENEVE_LEN
-#define UDP_OFF (GENEVE_LEN + IP_LEN)
-#define PAY_OFF (GENEVE_LEN + IP_LEN + UDP_LEN) /* = 68, the GWLB overhead */
+#define TCP_LEN 20
+#define ICMP_LEN 8
+#define P_UDP 17
+#define P_TCP 6
+#define P_ICMP 1
+#define P_ICMP6 58
 #define P_SEQ 0
 #define P_TIME 8
-#define P_FLOW 16
+#define P_TPL 16
 #define P_MAGIC 20
 #define P_TEXT 24
+#define P_DROP 36
 #define STAMP_BYTES 16 /* sequence + time: what changes per packet */
-#define MIN_PAYLOAD 36
+#define MIN_PAYLOAD 44 /* the layout above up to "drop me" */
 #define MAX_PAYLOAD 8400 /* keeps the inner packet under GWLB's 8500 even after a rewrite */
 #define MAX_FLOWS 64
 #define MAX_BATCH 64
+#define MAX_SLOTS 100
+#define MIX_STRIDE 37 /* position k of the cycle sends slot 37k mod 100: the classes interleave */
 #define RX_BATCH 64
 #define RX_SLOT 9216
 #define MAX_PACKETS 50000000ULL
 #define MAX_SECONDS 60.0
-#define INNER_SPORT_BASE 40000
+#define EPHEMERAL_BASE 40000 /* + template index (< 6400): never 3000 */
 #define PASS_PORT 5000
-#define REWRITE_PORT 3000
+#define POLICY_PORT 3000
+#define ICMP_EVERY 5
 #define DRAIN_IDLE_NS 300000000LL /* receiver stops 300 ms after the last reply ... */
 #define DRAIN_MAX_NS 3000000000LL /* ... or 3 s after the sender stopped, whichever is first */
 #define MAX_SAMPLES 3 /* hex dumps of invalid replies in the report */
+#define MAX_PROBES 4096
+#define PROBE_TIMEOUT_MS 1000
 
 static const char WEAK[] = "weakly typed";
 static const char STRONG[] = "strongly typed";
+static const char DROP_ME[] = "drop me";
+#define GROW ((int)(sizeof STRONG - sizeof WEAK))
 
-enum err_kind { E_PEER, E_LENGTH, E_TRUNC, E_GENEVE, E_INNER_HDR, E_IP_CSUM, E_UDP_CSUM,
-                E_PAYLOAD, E_SEQ, E_DUP, E_COUNT };
+enum err_kind { E_PEER, E_LENGTH, E_TRUNC, E_UNKNOWN, E_UNEXPECTED, E_GENEVE, E_INNER_HDR,
+                E_IP_CSUM, E_L4_CSUM, E_PAYLOAD, E_SEQ, E_DUP, E_COUNT };
 static const char *const err_names[E_COUNT] = {
-    "peer", "length", "truncated", "geneve", "inner_header", "inner_ip_checksum",
-    "inner_udp_checksum", "payload", "sequence", "duplicate"};
+    "peer", "length", "truncated", "unidentifiable", "unexpected", "geneve", "inner_header",
+    "inner_ip_checksum", "inner_l4_checksum", "payload", "sequence", "duplicate"};
+
+/* Template classes (for the report) and what the policy must do with a template. */
+enum cls { C_PASS4, C_PASS6, C_REWRITE, C_DROP, C_ICMP, C_TCP3000, N_CLS };
+static const char *const cls_names[N_CLS] = {"pass_v4", "pass_v6", "rewrite", "drop",
+                                             "icmp_echo", "tcp_3000"};
+enum act { A_PASS, A_REWRITE, A_DROP };
+static const char *const act_names[] = {"pass", "rewrite", "drop"};
+enum { CASE_PASS, CASE_REWRITE, CASE_MIX };
+
+struct slot {
+    uint8_t cls, v6, proto, act, dropme, icmp_mod; /* icmp_mod: echo sequence number mod 5 */
+    uint16_t sport, dport; /* 0: the template's ephemeral port */
+};
+
+struct tpl {
+    uint8_t *pkts;    /* `copies` copies of the packet, len bytes each (stamped in place) */
+    uint8_t *expect;  /* the expected reply with a zero stamp; NULL when none may come */
+    uint32_t len, expect_len;
+    uint32_t base_sum, expect_sum; /* transport checksum sums without the stamp and the field */
+    uint16_t l4, pay, csum; /* offsets in the datagram: transport header, payload, checksum field */
+    uint8_t cls, v6, udp;
+    int flow;
+};
 
 struct flow {
     int fd;
-    uint16_t port;    /* outer UDP source port */
-    uint8_t *pkts;    /* batch buffers, pkt_len bytes each (latency mode uses the first) */
-    uint32_t base_sum; /* UDP checksum sum without the stamp words */
-    uint8_t *expect;  /* the expected reply, stamp zeroed */
+    uint16_t port;  /* outer UDP source port */
+    uint32_t pos;   /* next instance: template position + slots * copy */
     struct mmsghdr msgs[MAX_BATCH];
     struct iovec iov[MAX_BATCH];
+    uint32_t batch_tpl[MAX_BATCH];
 };
 
 static struct {
-    int flood, jitter;
+    int flood, jitter, probe_only, describe;
     const char *src, *dst;
-    int payload, rewrite, flows, batch;
-    double seconds, rate;
+    int payload, which, flows, batch;
+    double seconds, rate, probe_rate;
     uint64_t max_packets;
-    uint16_t base_port;
+    uint16_t base_port, probe_port;
     int rcvbuf;
-} opt = {1, 0, "10.77.200.1", "10.77.200.2", 64, 0, 16, 64, 3.0, 10000.0, 0, 50000, 64 << 20};
+} opt = {1, 0, 0, 0, "10.77.200.1", "10.77.200.2", 64, CASE_PASS, 16, 64, 3.0, 10000.0, 0.0,
+         0, 50000, 80, 64 << 20};
 
+static struct slot mix[MAX_SLOTS];
+static int n_slots, copies;
 static struct flow flows[MAX_FLOWS];
-static size_t pkt_len, reply_len;
+static struct tpl *tpls;
+static uint32_t n_tpl;
+static uint64_t *tpl_sent, *tpl_valid; /* per template: written by the sender, the receiver */
 static struct in_addr src_addr, dst_addr;
 
-/* Sender -> receiver. */
+/* Sender -> receiver, prober. */
 static atomic_int send_done;
 static _Atomic int64_t send_end_ns;
 static int64_t t_start_ns;
@@ -125,6 +191,11 @@ static uint64_t n_wakes;
 static char samples[MAX_SAMPLES][600];
 static int n_samples;
 
+/* Prober results. */
+static uint64_t probes, probes_ok, probes_other, probes_failed;
+static int probe_last_status;
+static int64_t probe_lat[MAX_PROBES];
+
 static int64_t now_ns(void)
 {
     struct timespec ts;
@@ -136,6 +207,13 @@ static void die(const char *what)
 {
     fprintf(stderr, "gen: %s: %s\n", what, strerror(errno));
     exit(1);
+}
+
+static void sleep_until(int64_t t)
+{
+    struct timespec ts = {t / 1000000000LL, t % 1000000000LL};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
 }
 
 /* RFC 1071 ones-complement sum of big-endian 16-bit words (odd tail padded with zero). */
@@ -156,27 +234,96 @@ static uint16_t fold(uint32_t sum)
 }
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
-/* Pseudo header + UDP header + payload sum of the inner datagram at `ip` (checksum field as is). */
-static uint32_t udp_sum(const uint8_t *ip, size_t udp_len)
+/* The transport checksum field for a template whose sum without the stamp is `base`. A computed
+ * zero is sent as 0xffff over UDP (RFC 768); TCP and ICMP keep it. */
+static uint16_t l4_field(uint32_t base, const uint8_t *stamp_at, int udp)
 {
-    uint32_t s = sum16(ip + 12, 8, 0); /* source and destination addresses */
-    s += 17 + (uint32_t)udp_len;
-    return sum16(ip + IP_LEN, udp_len, s);
+    uint16_t c = (uint16_t)~fold(sum16(stamp_at, STAMP_BYTES, base));
+    return udp && !c ? 0xffff : c;
 }
 
-static void set_ip_checksum(uint8_t *ip)
+/* ---------------------------------------------------------------- the traffic */
+
+static void add_slot(int cls, int v6, int proto, int sport, int dport, int act, int dropme, int mod)
 {
-    put16(ip + 10, 0);
-    put16(ip + 10, (uint16_t)~fold(sum16(ip, IP_LEN, 0)));
+    mix[n_slots++] = (struct slot){(uint8_t)cls, (uint8_t)v6, (uint8_t)proto, (uint8_t)act,
+                                   (uint8_t)dropme, (uint8_t)mod, (uint16_t)sport, (uint16_t)dport};
 }
+
+static void build_mix(void)
+{
+    n_slots = 0;
+    if (opt.which == CASE_PASS) {
+        add_slot(C_PASS4, 0, P_UDP, 0, PASS_PORT, A_PASS, 0, 0);
+        return;
+    }
+    if (opt.which == CASE_REWRITE) {
+        add_slot(C_REWRITE, 0, P_UDP, 0, POLICY_PORT, A_REWRITE, 0, 0);
+        return;
+    }
+    /* 60 pass-through over IPv4: well-known port as destination (client -> server) or as source
+     * (server -> client); 0 = the ephemeral port. */
+    static const uint16_t udp_dst[15] = {53, 53, 53, 123, 123, 4789, 4789, 6081, 6081, 5060, 5060,
+                                         443, 443, 5000, 161};
+    static const uint16_t udp_src[15] = {53, 53, 53, 123, 123, 4789, 6081, 5060, 5060, 443, 443,
+                                         443, 5000, 500, 1194};
+    static const uint16_t tcp_dst[15] = {443, 443, 443, 443, 443, 80, 80, 80, 80, 22, 5060, 6081,
+                                         8080, 3306, 25};
+    static const uint16_t tcp_src[15] = {443, 443, 443, 443, 443, 80, 80, 80, 80, 22, 5060, 4789,
+                                         8443, 5432, 53};
+    for (int i = 0; i < 15; i++) {
+        add_slot(C_PASS4, 0, P_UDP, 0, udp_dst[i], A_PASS, 0, 0);
+        add_slot(C_PASS4, 0, P_UDP, udp_src[i], 0, A_PASS, 0, 0);
+        add_slot(C_PASS4, 0, P_TCP, 0, tcp_dst[i], A_PASS, 0, 0);
+        add_slot(C_PASS4, 0, P_TCP, tcp_src[i], 0, A_PASS, 0, 0);
+    }
+    /* 10 pass-through over IPv6. */
+    static const uint16_t udp6_dst[5] = {53, 123, 443, 4789, 6081};
+    for (int i = 0; i < 5; i++)
+        add_slot(C_PASS6, 1, P_UDP, 0, udp6_dst[i], A_PASS, 0, 0);
+    add_slot(C_PASS6, 1, P_TCP, 0, 443, A_PASS, 0, 0);
+    add_slot(C_PASS6, 1, P_TCP, 0, 80, A_PASS, 0, 0);
+    add_slot(C_PASS6, 1, P_TCP, 0, 5060, A_PASS, 0, 0);
+    add_slot(C_PASS6, 1, P_TCP, 443, 0, A_PASS, 0, 0);
+    add_slot(C_PASS6, 1, P_TCP, 80, 0, A_PASS, 0, 0);
+    /* 10 rewrites: UDP port 3000 (either side) with "weakly typed". */
+    for (int i = 0; i < 6; i++)
+        add_slot(C_REWRITE, 0, P_UDP, 0, POLICY_PORT, A_REWRITE, 0, 0);
+    for (int i = 0; i < 2; i++)
+        add_slot(C_REWRITE, 0, P_UDP, POLICY_PORT, 0, A_REWRITE, 0, 0);
+    for (int i = 0; i < 2; i++)
+        add_slot(C_REWRITE, 1, P_UDP, 0, POLICY_PORT, A_REWRITE, 0, 0);
+    /* 5 drops: UDP port 3000 with "drop me" (and "weakly typed": the drop wins). */
+    for (int i = 0; i < 3; i++)
+        add_slot(C_DROP, 0, P_UDP, 0, POLICY_PORT, A_DROP, 1, 0);
+    add_slot(C_DROP, 0, P_UDP, POLICY_PORT, 0, A_DROP, 1, 0);
+    add_slot(C_DROP, 1, P_UDP, 0, POLICY_PORT, A_DROP, 1, 0);
+    /* 10 echo requests: sequence numbers 5n+1 .. 5n+4 pass, 5n is dropped. */
+    for (int v6 = 0; v6 < 2; v6++)
+        for (int mod = 1; mod <= ICMP_EVERY; mod++)
+            add_slot(C_ICMP, v6, v6 ? P_ICMP6 : P_ICMP, 0, 0, mod % ICMP_EVERY ? A_PASS : A_DROP,
+                     0, mod % ICMP_EVERY);
+    /* 5 TCP with port 3000: no rule matches TCP, so even "drop me" passes. */
+    add_slot(C_TCP3000, 0, P_TCP, 0, POLICY_PORT, A_PASS, 0, 0);
+    add_slot(C_TCP3000, 0, P_TCP, 0, POLICY_PORT, A_PASS, 1, 0);
+    add_slot(C_TCP3000, 0, P_TCP, 0, POLICY_PORT, A_PASS, 0, 0);
+    add_slot(C_TCP3000, 0, P_TCP, POLICY_PORT, 0, A_PASS, 1, 0);
+    add_slot(C_TCP3000, 1, P_TCP, 0, POLICY_PORT, A_PASS, 0, 0);
+}
+
+/* The slot sent at position k of a flow's cycle. */
+static int slot_at(int k) { return n_slots == MAX_SLOTS ? k * MIX_STRIDE % MAX_SLOTS : k; }
 
 /* Geneve header + AWS options (class 0x0108: type 1 endpoint id, 2 attachment id, 3 cookie). */
-static void write_geneve(uint8_t *g, uint32_t cookie)
+static void write_geneve(uint8_t *g, int v6, uint32_t cookie)
 {
-    static const uint8_t head[8] = {0x08, 0x00, 0x08, 0x00, 0, 0, 0, 0}; /* ver 0, 8 words, IPv4 */
+    static const uint8_t head[8] = {0x08, 0x00, 0x08, 0x00, 0, 0, 0, 0}; /* ver 0, 8 words */
     memcpy(g, head, 8);
+    if (v6)
+        put16(g + 2, 0x86dd);
     uint8_t *o = g + 8;
     o[0] = 0x01; o[1] = 0x08; o[2] = 1; o[3] = 2; /* endpoint id, 2 words */
     memcpy(o + 4, "\x0e\x9d\x2a\x11\x42\x00\x00\x01", 8);
@@ -185,66 +332,189 @@ static void write_geneve(uint8_t *g, uint32_t cookie)
     memcpy(o + 4, "\x6a\x70\x17\x00\x00\xbe\xef\x02", 8);
     o += 12;
     o[0] = 0x01; o[1] = 0x08; o[2] = 3; o[3] = 1; /* flow cookie, 1 word */
-    o[4] = cookie >> 24; o[5] = cookie >> 16; o[6] = cookie >> 8; o[7] = cookie;
+    put32(o + 4, cookie);
 }
 
-/* The packet flow f sends (stamp zeroed, checksums for that state) into out. */
-static void build_packet(uint8_t *out, int f, int payload, int rewrite)
+static uint16_t ip4_checksum(const uint8_t *ip)
 {
-    memset(out, 0, PAY_OFF + (size_t)payload);
-    write_geneve(out, 0xc0de0000u | (uint32_t)(f * 2654435761u >> 16)); /* distinct per flow */
-    uint8_t *ip = out + INNER_OFF, *udp = out + UDP_OFF, *pay = out + PAY_OFF;
-    ip[0] = 0x45;
-    put16(ip + 2, (uint16_t)(IP_LEN + UDP_LEN + payload));
-    put16(ip + 4, (uint16_t)(f + 1)); /* identification */
-    put16(ip + 6, 0x4000);           /* DF */
-    ip[8] = 64;
-    ip[9] = 17;
-    memcpy(ip + 12, "\x0a\x4d\x01\x02", 4); /* 10.77.1.2 */
-    memcpy(ip + 16, "\x0a\x4d\x02\x02", 4); /* 10.77.2.2 */
-    set_ip_checksum(ip);
-    put16(udp, (uint16_t)(INNER_SPORT_BASE + f));
-    put16(udp + 2, rewrite ? REWRITE_PORT : PASS_PORT);
-    put16(udp + 4, (uint16_t)(UDP_LEN + payload));
-    uint32_t fl = (uint32_t)f;
-    memcpy(pay + P_FLOW, &fl, 4);
-    memcpy(pay + P_MAGIC, "GWBN", 4);
-    memcpy(pay + P_TEXT, WEAK, 12);
-    for (int i = P_TEXT + 12; i < payload; i++)
-        pay[i] = (uint8_t)('a' + i % 26);
-    uint16_t c = (uint16_t)~fold(udp_sum(ip, UDP_LEN + (size_t)payload));
-    put16(udp + 6, c ? c : 0xffff);
+    return (uint16_t)~fold(sum16(ip, 10, sum16(ip + 12, 8, 0)));
 }
 
-/* The reply expected for flow f: the same packet, or its rewrite (stamp zeroed). */
-static void build_expected(uint8_t *out, const uint8_t *sent_pkt, int payload, int rewrite)
+/*
+ * Build template `id` (slot s, flow f, position k) into out, with a zero stamp and a zero
+ * transport checksum field; `rewritten`: the reply the policy must make of it instead. Sets the
+ * offsets in t and returns the length; *sum gets the transport checksum sum without the stamp.
+ */
+static uint32_t build(uint8_t *out, const struct slot *s, int f, int k, uint32_t id, int rewritten,
+                      uint16_t ip_id, struct tpl *t, uint32_t *sum)
 {
-    if (!rewrite) {
-        memcpy(out, sent_pkt, pkt_len);
-        return;
+    size_t ip_len = s->v6 ? IP6_LEN : IP4_LEN;
+    size_t hdr = s->proto == P_TCP ? TCP_LEN : s->proto == P_UDP ? UDP_LEN : ICMP_LEN;
+    size_t plen = (size_t)opt.payload + (rewritten ? GROW : 0);
+    size_t l4 = GENEVE_LEN + ip_len, pay = l4 + hdr, len = pay + plen, l4_len = hdr + plen;
+    memset(out, 0, len);
+    write_geneve(out, s->v6, 0xc0de0000u ^ (uint32_t)(id * 2654435761u)); /* a cookie per flow */
+    uint8_t *ip = out + GENEVE_LEN, *tp = out + l4, *p = out + pay;
+    int from_server = s->sport != 0; /* the well-known port is the source: a server's answer */
+    if (!s->v6) {
+        uint8_t client[4] = {10, 77, (uint8_t)(1 + f), (uint8_t)(1 + k)};
+        uint8_t server[4] = {10, 78, (uint8_t)(1 + k), (uint8_t)(1 + f)};
+        ip[0] = 0x45;
+        put16(ip + 2, (uint16_t)(ip_len + l4_len));
+        put16(ip + 4, ip_id);
+        put16(ip + 6, 0x4000); /* DF */
+        ip[8] = 64;
+        ip[9] = s->proto;
+        memcpy(ip + 12, from_server ? server : client, 4);
+        memcpy(ip + 16, from_server ? client : server, 4);
+        put16(ip + 10, ip4_checksum(ip));
+    } else {
+        uint8_t client[16] = {0xfd, 0, 0, 0x77, 0, 0, 0, (uint8_t)f, [15] = (uint8_t)(1 + k)};
+        uint8_t server[16] = {0xfd, 0, 0, 0x78, 0, 0, 0, (uint8_t)k, [15] = (uint8_t)(1 + f)};
+        uint32_t label = id * 40503u & 0xfffff;
+        ip[0] = 0x60;
+        ip[1] = (uint8_t)(label >> 16);
+        put16(ip + 2, (uint16_t)label);
+        put16(ip + 4, (uint16_t)l4_len);
+        ip[6] = s->proto;
+        ip[7] = 64;
+        memcpy(ip + 8, from_server ? server : client, 16);
+        memcpy(ip + 24, from_server ? client : server, 16);
     }
-    int grow = (int)(sizeof STRONG - sizeof WEAK);
-    memcpy(out, sent_pkt, PAY_OFF + P_TEXT);
-    memcpy(out + PAY_OFF + P_TEXT, STRONG, sizeof STRONG - 1);
-    memcpy(out + PAY_OFF + P_TEXT + sizeof STRONG - 1, sent_pkt + PAY_OFF + P_TEXT + 12,
-           (size_t)payload - P_TEXT - 12);
-    uint8_t *ip = out + INNER_OFF, *udp = out + UDP_OFF;
-    put16(ip + 2, (uint16_t)(IP_LEN + UDP_LEN + payload + grow));
-    set_ip_checksum(ip);
-    put16(udp + 4, (uint16_t)(UDP_LEN + payload + grow));
-    put16(udp + 6, 0);
-    uint16_t c = (uint16_t)~fold(udp_sum(ip, UDP_LEN + (size_t)(payload + grow)));
-    put16(udp + 6, c ? c : 0xffff);
+    uint16_t eph = (uint16_t)(EPHEMERAL_BASE + id);
+    uint16_t sport = s->sport ? s->sport : eph, dport = s->dport ? s->dport : eph;
+    if (s->proto == P_UDP) {
+        put16(tp, sport);
+        put16(tp + 2, dport);
+        put16(tp + 4, (uint16_t)l4_len);
+        t->csum = (uint16_t)(l4 + 6);
+    } else if (s->proto == P_TCP) {
+        put16(tp, sport);
+        put16(tp + 2, dport);
+        put32(tp + 4, 0x10000001u + id * 7919u); /* sequence */
+        put32(tp + 8, 0x20000001u + id * 104729u); /* acknowledgment */
+        tp[12] = 0x50;  /* data offset: 5 words */
+        tp[13] = 0x18;  /* PSH, ACK */
+        put16(tp + 14, 502);
+        t->csum = (uint16_t)(l4 + 16);
+    } else {
+        tp[0] = s->v6 ? 128 : 8; /* echo request */
+        put16(tp + 4, (uint16_t)(0x4700 + f));
+        put16(tp + 6, (uint16_t)(ICMP_EVERY * (1 + id) + s->icmp_mod));
+        t->csum = (uint16_t)(l4 + 2);
+    }
+    /* The payload as sent; a rewrite is "weakly typed" -> "strongly typed", the rest moved. */
+    uint32_t tid = id;
+    memcpy(p + P_TPL, &tid, 4);
+    memcpy(p + P_MAGIC, "GWBN", 4);
+    memcpy(p + P_TEXT, WEAK, sizeof WEAK - 1);
+    if (s->dropme)
+        memcpy(p + P_DROP, DROP_ME, sizeof DROP_ME - 1);
+    for (int i = s->dropme ? P_DROP + (int)sizeof DROP_ME - 1 : P_DROP; i < opt.payload; i++)
+        p[i] = (uint8_t)('a' + i % 26);
+    if (rewritten) {
+        memmove(p + P_TEXT + sizeof STRONG - 1, p + P_TEXT + sizeof WEAK - 1,
+                (size_t)opt.payload - P_TEXT - (sizeof WEAK - 1));
+        memcpy(p + P_TEXT, STRONG, sizeof STRONG - 1);
+    }
+    uint32_t total = sum16(tp, l4_len, 0);
+    if (s->proto != P_ICMP) { /* the pseudo-header (ICMPv4 has none) */
+        total = s->v6 ? sum16(ip + 8, 32, total) : sum16(ip + 12, 8, total);
+        total += s->proto + (uint32_t)l4_len;
+    }
+    *sum = fold(total);
+    t->l4 = (uint16_t)l4;
+    t->pay = (uint16_t)pay;
+    t->udp = s->proto == P_UDP;
+    return (uint32_t)len;
 }
 
-/* Write sequence and time into a packet of flow f and finish its UDP checksum. */
-static void stamp(uint8_t *pkt, const struct flow *fl, uint64_t seq, int64_t t)
+static void build_templates(void)
 {
-    uint8_t *pay = pkt + PAY_OFF;
-    memcpy(pay + P_SEQ, &seq, 8);
-    memcpy(pay + P_TIME, &t, 8);
-    uint16_t c = (uint16_t)~fold(sum16(pay, STAMP_BYTES, fl->base_sum));
-    put16(pkt + UDP_OFF + 6, c ? c : 0xffff);
+    static uint8_t sent_pkt[RX_SLOT], reply[RX_SLOT];
+    n_tpl = (uint32_t)(opt.flows * n_slots);
+    copies = (opt.batch + n_slots - 1) / n_slots; /* no buffer twice in one sendmmsg batch */
+    tpls = calloc(n_tpl, sizeof *tpls);
+    tpl_sent = calloc(n_tpl, sizeof *tpl_sent);
+    tpl_valid = calloc(n_tpl, sizeof *tpl_valid);
+    if (!tpls || !tpl_sent || !tpl_valid)
+        die("calloc");
+    for (int f = 0; f < opt.flows; f++) {
+        for (int k = 0; k < n_slots; k++) {
+            uint32_t id = (uint32_t)(f * n_slots + k), sum = 0, rsum = 0, len = 0, rlen = 0;
+            const struct slot *s = &mix[slot_at(k)];
+            struct tpl *t = &tpls[id];
+            t->flow = f;
+            t->cls = s->cls;
+            t->v6 = s->v6;
+            /* An IPv4 header checksum of 0 has a second form (0xffff): pick an identification
+             * that avoids it, before and after a rewrite, so a reply can be compared byte-wise. */
+            for (uint16_t ip_id = (uint16_t)(1 + id * 13), tries = 0; tries < 100; ip_id++, tries++) {
+                len = build(sent_pkt, s, f, k, id, 0, ip_id, t, &sum);
+                if (s->act == A_REWRITE)
+                    rlen = build(reply, s, f, k, id, 1, ip_id, t, &rsum);
+                if (s->v6 || (get16(sent_pkt + GENEVE_LEN + 10) != 0
+                              && (s->act != A_REWRITE || get16(reply + GENEVE_LEN + 10) != 0)))
+                    break;
+            }
+            t->len = len;
+            t->base_sum = sum;
+            t->pkts = malloc((size_t)len * (size_t)copies);
+            if (!t->pkts)
+                die("malloc");
+            for (int c = 0; c < copies; c++)
+                memcpy(t->pkts + (size_t)c * len, sent_pkt, len);
+            if (s->act != A_DROP) {
+                t->expect_len = s->act == A_REWRITE ? rlen : len;
+                t->expect_sum = s->act == A_REWRITE ? rsum : sum;
+                t->expect = malloc(t->expect_len);
+                if (!t->expect)
+                    die("malloc");
+                memcpy(t->expect, s->act == A_REWRITE ? reply : sent_pkt, t->expect_len);
+            }
+        }
+    }
+}
+
+/* `gen --describe`: the slots of --case, in slot order, and the order they are sent in. */
+static int describe(void)
+{
+    static const char *const protos[] = {[P_UDP] = "udp", [P_TCP] = "tcp", [P_ICMP] = "icmp",
+                                         [P_ICMP6] = "icmpv6"};
+    printf("{\"case\": \"%s\", \"slots\": [",
+           opt.which == CASE_MIX ? "mix" : opt.which == CASE_REWRITE ? "rewrite" : "pass");
+    for (int i = 0; i < n_slots; i++) {
+        const struct slot *s = &mix[i];
+        printf("%s\n {\"class\": \"%s\", \"ip\": %d, \"proto\": \"%s\", \"sport\": %u, "
+               "\"dport\": %u, \"expect\": \"%s\", \"drop_me\": %s, \"icmp_seq_mod5\": %d}",
+               i ? "," : "", cls_names[s->cls], s->v6 ? 6 : 4, protos[s->proto], s->sport,
+               s->dport, act_names[s->act], s->dropme ? "true" : "false",
+               s->proto == P_UDP || s->proto == P_TCP ? -1 : s->icmp_mod);
+    }
+    printf("],\n \"send_order\": [");
+    for (int k = 0; k < n_slots; k++)
+        printf("%s%d", k ? ", " : "", slot_at(k));
+    printf("]}\n");
+    return 0;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* Sequence number and time into a packet of template t, and its transport checksum. */
+static void stamp(uint8_t *pkt, const struct tpl *t, uint64_t seq, int64_t when)
+{
+    memcpy(pkt + t->pay + P_SEQ, &seq, 8);
+    memcpy(pkt + t->pay + P_TIME, &when, 8);
+    put16(pkt + t->csum, l4_field(t->base_sum, pkt + t->pay, t->udp));
+}
+
+/* The next packet buffer of flow f (cycling through its templates and their copies). */
+static uint8_t *next_packet(struct flow *fl, int f, uint32_t *id)
+{
+    uint32_t j = fl->pos;
+    fl->pos = j + 1 == (uint32_t)(n_slots * copies) ? 0 : j + 1;
+    *id = (uint32_t)(f * n_slots) + j % (uint32_t)n_slots;
+    return tpls[*id].pkts + (size_t)(j / (uint32_t)n_slots) * tpls[*id].len;
 }
 
 static void count_send_error(int e)
@@ -279,8 +549,11 @@ static void *sender(void *arg)
         /* Bounded: every round consumes `batch` sequence numbers, sent or not. */
         while (seq_used + (uint64_t)opt.batch <= opt.max_packets && t < deadline) {
             struct flow *fl = &flows[f];
-            for (int i = 0; i < opt.batch; i++)
-                stamp(fl->pkts + (size_t)i * pkt_len, fl, seq_used++, t);
+            for (int i = 0; i < opt.batch; i++) {
+                uint8_t *p = next_packet(fl, f, &fl->batch_tpl[i]);
+                stamp(p, &tpls[fl->batch_tpl[i]], seq_used++, t);
+                fl->iov[i] = (struct iovec){p, tpls[fl->batch_tpl[i]].len};
+            }
             int n = sendmmsg(fl->fd, fl->msgs, (unsigned)opt.batch, MSG_DONTWAIT);
             send_calls++;
             t = now_ns();
@@ -289,6 +562,8 @@ static void *sender(void *arg)
             } else {
                 if (n < opt.batch)
                     partial_sends++; /* the rest of the batch is not retried: counted as unsent */
+                for (int i = 0; i < n; i++)
+                    tpl_sent[fl->batch_tpl[i]]++;
                 note_sent(n, t);
             }
             f = (f + 1) % opt.flows;
@@ -297,20 +572,22 @@ static void *sender(void *arg)
         int64_t interval = (int64_t)(1e9 / opt.rate), next = t;
         int f = 0;
         while (seq_used < opt.max_packets && t < deadline) {
-            struct timespec ts = {next / 1000000000LL, next % 1000000000LL};
-            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-                ;
+            sleep_until(next);
             struct flow *fl = &flows[f];
             t = now_ns();
             if (n_wakes < opt.max_packets)
                 wakes[n_wakes++] = t - next; /* how late the sleep returned: the machine's noise */
-            stamp(fl->pkts, fl, seq_used++, t);
-            ssize_t n = send(fl->fd, fl->pkts, pkt_len, MSG_DONTWAIT);
+            uint32_t id;
+            uint8_t *p = next_packet(fl, f, &id);
+            stamp(p, &tpls[id], seq_used++, t);
+            ssize_t n = send(fl->fd, p, tpls[id].len, MSG_DONTWAIT);
             send_calls++;
-            if (n < 0)
+            if (n < 0) {
                 count_send_error(errno);
-            else
+            } else {
+                tpl_sent[id]++;
                 note_sent(1, t);
+            }
             f = (f + 1) % opt.flows;
             next += interval;
             if (t - next > 10000000LL)
@@ -322,6 +599,8 @@ static void *sender(void *arg)
     return NULL;
 }
 
+/* ---------------------------------------------------------------- receiving */
+
 static void add_sample(enum err_kind k, const uint8_t *d, size_t n, uint16_t port)
 {
     if (n_samples >= MAX_SAMPLES)
@@ -332,35 +611,68 @@ static void add_sample(enum err_kind k, const uint8_t *d, size_t n, uint16_t por
         w += snprintf(s + w, sizeof samples[0] - (size_t)w, "%02x", d[i]);
 }
 
-/* Validate one reply; return E_COUNT when it is right. */
+/* Validate one reply; return E_COUNT when it is right (and set *which to its template). */
 static enum err_kind check_reply(const uint8_t *d, size_t n, const struct sockaddr_in *peer,
-                                 int flags, int64_t t_rx)
+                                 int flags, int64_t t_rx, uint32_t *which)
 {
     if (flags & MSG_TRUNC)
         return E_TRUNC;
-    int f = (int)ntohs(peer->sin_port) - (int)opt.base_port;
-    if (peer->sin_addr.s_addr != dst_addr.s_addr || f < 0 || f >= opt.flows)
+    if (peer->sin_addr.s_addr != dst_addr.s_addr)
         return E_PEER;
-    if (n != reply_len)
+    /* Which template it answers: from its own headers, find the payload and read the index. */
+    if (n < GENEVE_LEN + IP4_LEN)
+        return E_UNKNOWN;
+    size_t l4, hdr;
+    uint8_t proto;
+    if (get16(d + 2) == 0x0800) {
+        l4 = GENEVE_LEN + (size_t)(d[GENEVE_LEN] & 0x0f) * 4;
+        proto = d[GENEVE_LEN + 9];
+    } else if (get16(d + 2) == 0x86dd) {
+        l4 = GENEVE_LEN + IP6_LEN;
+        proto = d[GENEVE_LEN + 6];
+    } else {
+        return E_UNKNOWN;
+    }
+    hdr = proto == P_TCP ? TCP_LEN : proto == P_UDP || proto == P_ICMP || proto == P_ICMP6 ? 8 : 0;
+    if (!hdr || n < l4 + hdr + P_TEXT)
+        return E_UNKNOWN;
+    const uint8_t *pay = d + l4 + hdr;
+    uint32_t id;
+    memcpy(&id, pay + P_TPL, 4);
+    if (memcmp(pay + P_MAGIC, "GWBN", 4) || id >= n_tpl)
+        return E_UNKNOWN;
+    const struct tpl *t = &tpls[id];
+    *which = id;
+    if (ntohs(peer->sin_port) != flows[t->flow].port)
+        return E_PEER;
+    if (!t->expect)
+        return E_UNEXPECTED; /* the policy must drop this one */
+    if (n != t->expect_len)
         return E_LENGTH;
-    const uint8_t *e = flows[f].expect;
+    const uint8_t *e = t->expect;
     if (memcmp(d, e, GENEVE_LEN))
         return E_GENEVE;
-    /* Inner IPv4 header except its checksum, then UDP ports and length. */
-    if (memcmp(d + INNER_OFF, e + INNER_OFF, 10) || memcmp(d + INNER_OFF + 12, e + INNER_OFF + 12, 8)
-        || memcmp(d + UDP_OFF, e + UDP_OFF, 6))
+    /* Inner IP header (IPv4: except its checksum, checked next), then the transport header except
+     * its checksum (checked last, against the value the stamp implies). */
+    if (t->v6 ? memcmp(d + GENEVE_LEN, e + GENEVE_LEN, IP6_LEN)
+              : memcmp(d + GENEVE_LEN, e + GENEVE_LEN, 10)
+                    || memcmp(d + GENEVE_LEN + 12, e + GENEVE_LEN + 12, 8))
         return E_INNER_HDR;
-    if (fold(sum16(d + INNER_OFF, IP_LEN, 0)) != 0xffff)
+    if (!t->v6 && memcmp(d + GENEVE_LEN + 10, e + GENEVE_LEN + 10, 2))
         return E_IP_CSUM;
-    if (memcmp(d + PAY_OFF + STAMP_BYTES, e + PAY_OFF + STAMP_BYTES,
-               reply_len - PAY_OFF - STAMP_BYTES))
+    if (l4 + hdr != t->pay || memcmp(d + t->l4, e + t->l4, (size_t)(t->csum - t->l4))
+        || memcmp(d + t->csum + 2, e + t->csum + 2, (size_t)(t->pay - t->csum - 2)))
+        return E_INNER_HDR;
+    if (memcmp(d + t->pay + STAMP_BYTES, e + t->pay + STAMP_BYTES, n - t->pay - STAMP_BYTES))
         return E_PAYLOAD;
-    if (get16(d + UDP_OFF + 6) == 0 || fold(udp_sum(d + INNER_OFF, reply_len - UDP_OFF)) != 0xffff)
-        return E_UDP_CSUM;
+    /* Everything else is byte-identical to what is expected, so this exact value is the one
+     * correct checksum (for a pass-through: the one that was sent). */
+    if (get16(d + t->csum) != l4_field(t->expect_sum, d + t->pay, t->udp))
+        return E_L4_CSUM;
     uint64_t seq;
     int64_t t_tx;
-    memcpy(&seq, d + PAY_OFF + P_SEQ, 8);
-    memcpy(&t_tx, d + PAY_OFF + P_TIME, 8);
+    memcpy(&seq, d + t->pay + P_SEQ, 8);
+    memcpy(&t_tx, d + t->pay + P_TIME, 8);
     if (seq >= opt.max_packets)
         return E_SEQ;
     if (seen[seq >> 3] & (1u << (seq & 7)))
@@ -409,10 +721,12 @@ static void *receiver(void *arg)
         last_rx_ns = t_rx;
         received += (uint64_t)n;
         for (int i = 0; i < n; i++) {
+            uint32_t id = 0;
             enum err_kind k = check_reply(buf[i], msgs[i].msg_len, &names[i],
-                                          msgs[i].msg_hdr.msg_flags, t_rx);
+                                          msgs[i].msg_hdr.msg_flags, t_rx, &id);
             if (k == E_COUNT) {
                 valid++;
+                tpl_valid[id]++;
             } else {
                 errors[k]++;
                 add_sample(k, buf[i], msgs[i].msg_len > 256 ? 256 : msgs[i].msg_len,
@@ -422,6 +736,79 @@ static void *receiver(void *arg)
     }
     return NULL;
 }
+
+/* ---------------------------------------------------------------- health probes */
+
+/* One HTTP health probe on a new TCP connection: the status code, 0 unparsable, -1 failed. */
+static int probe_once(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int status = -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(opt.probe_port),
+                            .sin_addr = dst_addr};
+    struct pollfd p = {fd, POLLOUT, 0};
+    int err = 0;
+    socklen_t el = sizeof err;
+    char req[200], buf[4096];
+    size_t got = 0;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS)
+        goto out;
+    if (poll(&p, 1, PROBE_TIMEOUT_MS) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0
+        || err)
+        goto out;
+    int rn = snprintf(req, sizeof req,
+                      "GET / HTTP/1.1\r\nHost: %s\r\nUser-Agent: ELB-HealthChecker/2.0\r\n"
+                      "Connection: close\r\n\r\n", opt.dst);
+    if (send(fd, req, (size_t)rn, MSG_NOSIGNAL) != rn)
+        goto out;
+    int64_t until = now_ns() + PROBE_TIMEOUT_MS * 1000000LL;
+    while (got < sizeof buf - 1) { /* to the end of the response (the server closes) */
+        int64_t left_ms = (until - now_ns()) / 1000000;
+        p.events = POLLIN;
+        if (left_ms <= 0 || poll(&p, 1, (int)left_ms) != 1)
+            goto out;
+        ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    buf[got] = 0;
+    if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+        status = 0;
+out:
+    close(fd);
+    return status;
+}
+
+static void *prober(void *arg)
+{
+    (void)arg;
+    int64_t interval = (int64_t)(1e9 / opt.probe_rate), next = now_ns();
+    int64_t deadline = t_start_ns + (int64_t)(opt.seconds * 1e9);
+    while (probes < MAX_PROBES && !atomic_load(&send_done) && next < deadline) {
+        sleep_until(next);
+        int64_t t0 = now_ns();
+        int status = probe_once();
+        probe_lat[probes++] = now_ns() - t0;
+        probe_last_status = status;
+        if (status == 200)
+            probes_ok++;
+        else if (status < 0)
+            probes_failed++;
+        else
+            probes_other++;
+        next += interval;
+        if (now_ns() > next)
+            next = now_ns(); /* no burst after a slow probe */
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- main */
 
 static int cmp_i64(const void *a, const void *b)
 {
@@ -439,10 +826,11 @@ static int64_t pct(double p) { return pct_of(rtts, n_rtts, p); }
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: gen [--mode flood|latency|jitter] [--src IP] [--dst IP] [--payload N] "
-            "[--case pass|rewrite]\n"
+            "usage: gen [--mode flood|latency|jitter|probe] [--src IP] [--dst IP] [--payload N] "
+            "[--case pass|rewrite|mix]\n"
             "           [--flows N] [--batch N] [--seconds S] [--rate PPS] [--max-packets N] "
-            "[--base-port P] [--rcvbuf BYTES]\n");
+            "[--base-port P] [--rcvbuf BYTES]\n"
+            "           [--probe-rate PER_S] [--probe-port P] [--describe]\n");
     exit(2);
 }
 
@@ -452,20 +840,31 @@ static void parse_args(int argc, char **argv)
         {"mode", 1, 0, 'm'}, {"src", 1, 0, 's'}, {"dst", 1, 0, 'd'}, {"payload", 1, 0, 'p'},
         {"case", 1, 0, 'c'}, {"flows", 1, 0, 'f'}, {"batch", 1, 0, 'b'}, {"seconds", 1, 0, 't'},
         {"rate", 1, 0, 'r'}, {"max-packets", 1, 0, 'n'}, {"base-port", 1, 0, 'P'},
-        {"rcvbuf", 1, 0, 'R'}, {0, 0, 0, 0}};
+        {"rcvbuf", 1, 0, 'R'}, {"probe-rate", 1, 0, 'H'}, {"probe-port", 1, 0, 'O'},
+        {"describe", 0, 0, 'D'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
         case 'm':
             opt.flood = !strcmp(optarg, "flood");
             opt.jitter = !strcmp(optarg, "jitter");
-            if (!opt.flood && !opt.jitter && strcmp(optarg, "latency"))
+            opt.probe_only = !strcmp(optarg, "probe");
+            if (!opt.flood && !opt.jitter && !opt.probe_only && strcmp(optarg, "latency"))
                 usage();
             break;
         case 's': opt.src = optarg; break;
         case 'd': opt.dst = optarg; break;
         case 'p': opt.payload = atoi(optarg); break;
-        case 'c': opt.rewrite = !strcmp(optarg, "rewrite"); if (!opt.rewrite && strcmp(optarg, "pass")) usage(); break;
+        case 'c':
+            if (!strcmp(optarg, "pass"))
+                opt.which = CASE_PASS;
+            else if (!strcmp(optarg, "rewrite"))
+                opt.which = CASE_REWRITE;
+            else if (!strcmp(optarg, "mix"))
+                opt.which = CASE_MIX;
+            else
+                usage();
+            break;
         case 'f': opt.flows = atoi(optarg); break;
         case 'b': opt.batch = atoi(optarg); break;
         case 't': opt.seconds = atof(optarg); break;
@@ -473,13 +872,17 @@ static void parse_args(int argc, char **argv)
         case 'n': opt.max_packets = strtoull(optarg, NULL, 10); break;
         case 'P': opt.base_port = (uint16_t)atoi(optarg); break;
         case 'R': opt.rcvbuf = atoi(optarg); break;
+        case 'H': opt.probe_rate = atof(optarg); break;
+        case 'O': opt.probe_port = (uint16_t)atoi(optarg); break;
+        case 'D': opt.describe = 1; break;
         default: usage();
         }
     }
     if (optind != argc || opt.payload < MIN_PAYLOAD || opt.payload > MAX_PAYLOAD || opt.flows < 1
         || opt.flows > MAX_FLOWS || opt.batch < 1 || opt.batch > MAX_BATCH || !(opt.seconds > 0)
         || opt.seconds > MAX_SECONDS || !(opt.rate >= 1) || opt.rate > 1e6 || opt.rcvbuf < 0
-        || opt.base_port < 1024 || opt.base_port > 65535 - MAX_FLOWS)
+        || opt.base_port < 1024 || opt.base_port > 65535 - MAX_FLOWS || opt.probe_rate < 0
+        || opt.probe_rate > 1000 || (opt.probe_only && !(opt.probe_rate > 0)) || !opt.probe_port)
         usage();
     if (!inet_aton(opt.src, &src_addr) || !inet_aton(opt.dst, &dst_addr))
         usage();
@@ -497,9 +900,7 @@ static int run_jitter(void)
     int64_t deadline = next + (int64_t)(opt.seconds * 1e9);
     while (n_rtts < opt.max_packets && next < deadline) {
         next += interval;
-        struct timespec ts = {next / 1000000000LL, next % 1000000000LL};
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-            ;
+        sleep_until(next);
         int64_t late = now_ns() - next;
         rtts[n_rtts++] = late;
         if (late > interval)
@@ -513,18 +914,49 @@ static int run_jitter(void)
     return 0;
 }
 
+static void print_probes(void)
+{
+    qsort(probe_lat, probes, sizeof *probe_lat, cmp_i64);
+    printf("{\"rate\": %.1f, \"sent\": %llu, \"ok_200\": %llu, \"other_status\": %llu, "
+           "\"failed\": %llu, \"last_status\": %d, \"p50_ms\": %.3f, \"max_ms\": %.3f}",
+           opt.probe_rate, (unsigned long long)probes, (unsigned long long)probes_ok,
+           (unsigned long long)probes_other, (unsigned long long)probes_failed, probe_last_status,
+           (double)pct_of(probe_lat, probes, 0.5) / 1e6,
+           (double)(probes ? probe_lat[probes - 1] : -1) / 1e6);
+}
+
+/* --mode probe: only the health prober, for --seconds. */
+static int run_probe_only(void)
+{
+    pthread_t th;
+    t_start_ns = now_ns();
+    if (pthread_create(&th, NULL, prober, NULL)) {
+        fprintf(stderr, "gen: pthread_create failed\n");
+        return 1;
+    }
+    pthread_join(th, NULL);
+    printf("{\"mode\": \"probe\", \"probes\": ");
+    print_probes();
+    printf("}\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0); /* the default 50 us slack would blur 100 us pacing */
+    build_mix();
+    if (opt.describe)
+        return describe();
     if (opt.jitter) {
         rtts = calloc(opt.max_packets, sizeof *rtts);
         if (!rtts)
             die("calloc");
         return run_jitter();
     }
-    pkt_len = PAY_OFF + (size_t)opt.payload;
-    reply_len = pkt_len + (opt.rewrite ? sizeof STRONG - sizeof WEAK : 0);
+    if (opt.probe_only)
+        return run_probe_only();
+    build_templates();
     seen = calloc(opt.max_packets / 8 + 1, 1);
     rtts = opt.flood ? NULL : calloc(opt.max_packets, sizeof *rtts);
     wakes = opt.flood ? NULL : calloc(opt.max_packets, sizeof *wakes);
@@ -562,50 +994,58 @@ int main(int argc, char **argv)
             die("bind sender");
         if (connect(fl->fd, (struct sockaddr *)&there, sizeof there) < 0)
             die("connect");
-        fl->pkts = malloc(pkt_len * (size_t)opt.batch);
-        fl->expect = malloc(reply_len);
-        if (!fl->pkts || !fl->expect)
-            die("malloc");
-        build_packet(fl->pkts, f, opt.payload, opt.rewrite);
-        build_expected(fl->expect, fl->pkts, opt.payload, opt.rewrite);
-        /* The checksum base: everything except the stamp words, checksum field zero. */
-        put16(fl->pkts + UDP_OFF + 6, 0);
-        uint8_t *ip = fl->pkts + INNER_OFF;
-        fl->base_sum = sum16(ip + 12, 8, 17 + UDP_LEN + (uint32_t)opt.payload)
-                       + sum16(fl->pkts + UDP_OFF, UDP_LEN, 0)
-                       + sum16(fl->pkts + PAY_OFF + STAMP_BYTES, (size_t)opt.payload - STAMP_BYTES, 0);
-        for (int i = 0; i < opt.batch; i++) {
-            uint8_t *p = fl->pkts + (size_t)i * pkt_len;
-            if (i)
-                memcpy(p, fl->pkts, pkt_len);
-            fl->iov[i] = (struct iovec){p, pkt_len};
+        for (int i = 0; i < opt.batch; i++)
             fl->msgs[i].msg_hdr = (struct msghdr){.msg_iov = &fl->iov[i], .msg_iovlen = 1};
-        }
     }
 
     t_start_ns = now_ns();
-    pthread_t rx, tx;
-    if (pthread_create(&rx, NULL, receiver, &rfd) || pthread_create(&tx, NULL, sender, NULL)) {
+    pthread_t rx, tx, pr;
+    if (pthread_create(&rx, NULL, receiver, &rfd)
+        || (opt.probe_rate > 0 && pthread_create(&pr, NULL, prober, NULL))
+        || pthread_create(&tx, NULL, sender, NULL)) {
         fprintf(stderr, "gen: pthread_create failed\n");
         return 1;
     }
     pthread_join(tx, NULL);
     pthread_join(rx, NULL);
+    if (opt.probe_rate > 0)
+        pthread_join(pr, NULL);
 
     double send_s = (double)(last_tx_ns - first_tx_ns) / 1e9;
     double rx_s = (double)(last_rx_ns - first_rx_ns) / 1e9;
-    uint64_t nerr = 0;
+    uint64_t nerr = 0, expected = 0;
     for (int k = 0; k < E_COUNT; k++)
         nerr += errors[k];
+    uint64_t c_slots[N_CLS] = {0}, c_expect_slots[N_CLS] = {0}, c_sent[N_CLS] = {0},
+             c_expected[N_CLS] = {0}, c_valid[N_CLS] = {0}, c_silent[N_CLS] = {0}, silent = 0;
+    for (int k = 0; k < n_slots; k++) {
+        c_slots[mix[k].cls]++;
+        c_expect_slots[mix[k].cls] += mix[k].act != A_DROP;
+    }
+    for (uint32_t i = 0; i < n_tpl; i++) {
+        const struct tpl *t = &tpls[i];
+        c_sent[t->cls] += tpl_sent[i];
+        c_valid[t->cls] += tpl_valid[i];
+        if (t->expect) {
+            c_expected[t->cls] += tpl_sent[i];
+            expected += tpl_sent[i];
+            if (tpl_sent[i] >= 2 && !tpl_valid[i]) { /* a packet the target drops but must not */
+                c_silent[t->cls]++;
+                silent++;
+            }
+        }
+    }
     if (!opt.flood) {
         qsort(rtts, n_rtts, sizeof *rtts, cmp_i64);
         qsort(wakes, n_wakes, sizeof *wakes, cmp_i64);
     }
 
     printf("{\"mode\": \"%s\", \"case\": \"%s\", \"payload\": %d, \"flows\": %d, \"batch\": %d, "
-           "\"packet_bytes\": %zu, \"reply_bytes\": %zu, \"max_packets\": %llu, \"rcvbuf\": %d,\n",
-           opt.flood ? "flood" : "latency", opt.rewrite ? "rewrite" : "pass", opt.payload,
-           opt.flows, opt.batch, pkt_len, reply_len, (unsigned long long)opt.max_packets, rcvbuf);
+           "\"slots\": %d, \"templates\": %u, \"max_packets\": %llu, \"rcvbuf\": %d,\n",
+           opt.flood ? "flood" : "latency",
+           opt.which == CASE_MIX ? "mix" : opt.which == CASE_REWRITE ? "rewrite" : "pass",
+           opt.payload, opt.flows, opt.batch, n_slots, n_tpl, (unsigned long long)opt.max_packets,
+           rcvbuf);
     printf(" \"sent\": %llu, \"send_calls\": %llu, \"partial_sends\": %llu, "
            "\"send_errors\": {\"EAGAIN\": %llu, \"ENOBUFS\": %llu, \"ECONNREFUSED\": %llu, \"other\": %llu},\n",
            (unsigned long long)sent, (unsigned long long)send_calls,
@@ -614,17 +1054,37 @@ int main(int argc, char **argv)
            (unsigned long long)send_err[3]);
     printf(" \"send_seconds\": %.6f, \"offered_pps\": %.1f,\n", send_s,
            send_s > 0 ? (double)sent / send_s : 0.0);
-    printf(" \"received\": %llu, \"valid\": %llu, \"invalid\": %llu, \"late_stamps\": %llu, "
-           "\"receive_seconds\": %.6f, \"returned_pps\": %.1f,\n",
-           (unsigned long long)received, (unsigned long long)valid, (unsigned long long)nerr,
-           (unsigned long long)late_stamps, rx_s, rx_s > 0 ? (double)received / rx_s : 0.0);
-    printf(" \"errors\": {");
+    printf(" \"expected\": %llu, \"received\": %llu, \"valid\": %llu, \"invalid\": %llu, "
+           "\"silent_templates\": %llu, \"late_stamps\": %llu, \"receive_seconds\": %.6f, "
+           "\"returned_pps\": %.1f,\n",
+           (unsigned long long)expected, (unsigned long long)received, (unsigned long long)valid,
+           (unsigned long long)nerr, (unsigned long long)silent, (unsigned long long)late_stamps,
+           rx_s, rx_s > 0 ? (double)received / rx_s : 0.0);
+    printf(" \"classes\": {");
+    int first = 1;
+    for (int c = 0; c < N_CLS; c++) {
+        if (!c_slots[c])
+            continue;
+        printf("%s\"%s\": {\"slots\": %llu, \"slots_answered\": %llu, \"sent\": %llu, "
+               "\"expected\": %llu, \"valid\": %llu, \"silent_templates\": %llu}",
+               first ? "" : ", ", cls_names[c], (unsigned long long)c_slots[c],
+               (unsigned long long)c_expect_slots[c], (unsigned long long)c_sent[c],
+               (unsigned long long)c_expected[c], (unsigned long long)c_valid[c],
+               (unsigned long long)c_silent[c]);
+        first = 0;
+    }
+    printf("},\n \"errors\": {");
     for (int k = 0; k < E_COUNT; k++)
         printf("%s\"%s\": %llu", k ? ", " : "", err_names[k], (unsigned long long)errors[k]);
     printf("},\n \"error_samples\": [");
     for (int i = 0; i < n_samples; i++)
         printf("%s\"%s\"", i ? ", " : "", samples[i]);
-    printf("],\n \"rtt_samples\": %llu, \"rtt_p50_ns\": %lld, \"rtt_p90_ns\": %lld, "
+    printf("],\n \"probes\": ");
+    if (opt.probe_rate > 0)
+        print_probes();
+    else
+        printf("null");
+    printf(",\n \"rtt_samples\": %llu, \"rtt_p50_ns\": %lld, \"rtt_p90_ns\": %lld, "
            "\"rtt_p99_ns\": %lld, \"rtt_p999_ns\": %lld, \"rtt_max_ns\": %lld,\n"
            " \"wake_late_p50_ns\": %lld, \"wake_late_p99_ns\": %lld, \"wake_late_max_ns\": %lld}\n",
            (unsigned long long)n_rtts, (long long)pct(0.50), (long long)pct(0.90),

@@ -1,22 +1,34 @@
 /*
  * reflector.c: the minimal C reference reflector the benchmark compares applianced with.
  *
- * Same wire contract (DESIGN.md §1) and the same demo policy, hard-coded:
- *   - inner IPv4 UDP with port 3000 (source or destination): drop when the payload contains
- *     "drop me"; else replace every "weakly typed" by "strongly typed", fixing the inner IPv4
- *     total length and header checksum and the UDP length and checksum (a zero UDP checksum
- *     stays zero, RFC 768);
- *   - inner ICMP echo request/reply whose sequence number is a multiple of 5: drop;
- *   - anything else passes unchanged.
+ * Same wire contract (DESIGN.md §1) and the same demo policy, hard-coded, with the same parsing
+ * strictness as applianced (a datagram it would call malformed is dropped here too):
+ *   - Geneve: version 0, IPv4 or IPv6 inside, GWLB's three AWS options (class 0x0108, types 1, 2
+ *     and 3) present with their lengths; a control message (O bit) or an unknown critical option
+ *     is dropped;
+ *   - the inner IPv4 header (IHL, total length) or IPv6 header (payload length) and its extension
+ *     header chain (hop-by-hop, routing, fragment, destination options, AH, mobility, HIP, shim6);
+ *   - inner UDP (IPv4 or IPv6) with port 3000 (source or destination): drop when the payload
+ *     contains "drop me"; else replace every "weakly typed" by "strongly typed", fixing the inner
+ *     IPv4 total length and header checksum (updated as RFC 1624 says, as applianced does) or the
+ *     IPv6 payload length, and the UDP length and
+ *     checksum (over IPv4 a zero UDP checksum stays zero, RFC 768; over IPv6 it is mandatory);
+ *   - inner ICMP echo request/reply (types 8/0) and ICMPv6 echo (128/129) whose sequence number is
+ *     a multiple of 5: drop;
+ *   - anything else passes unchanged (TCP after a check of its header length).
+ * A later fragment passes; a first fragment, or an IPv6 packet with a routing header that still
+ * has segments left, is dropped when it would need a rewrite; so is a rewrite that would push the
+ * inner packet over 8500 bytes.
  * Loop: recvmmsg (batch 64) on a SO_REUSEPORT UDP socket bound to 0.0.0.0:6081 with IP_PKTINFO;
  * per datagram the verdict, then the outer IPv4+UDP header written in the 28 bytes of headroom in
  * front of it (source = the address it arrived on, destination = the sender, UDP source = the
  * sender's port, destination 6081, UDP checksum 0); then one sendmmsg on an IPPROTO_RAW socket.
  * The Geneve header and options go back byte for byte.
  *
- * Deliberately minimal: inner IPv6 passes unchanged, Geneve options are not checked, a first
- * fragment that would need a rewrite is dropped and later fragments pass. SIGTERM/SIGINT stop it,
- * and so does --max-seconds (default 600), so it can never outlive a benchmark by much.
+ * --sink: receive and discard everything (no policy, no replies): a target that costs the load
+ * generator nothing but its sends, to measure the generator's own ceiling.
+ * SIGTERM/SIGINT stop it, and so does --max-seconds (default 600), so it can never outlive a
+ * benchmark by much.
  * Build: gcc -O2 -Wall -Wextra -o reflector reflector.c
  */
 #define _GNU_SOURCE
@@ -79,6 +91,15 @@ static void set_ip_checksum(uint8_t *ip, size_t ihl)
     put16(ip + 10, (uint16_t)~fold(sum16(ip, ihl, 0)));
 }
 
+/* RFC 1624 eqn. 3: the header checksum after the 16-bit word at `at` became `word`. Like
+ * applianced, so a header that arrived with a wrong checksum keeps it wrong by the same amount. */
+static void adjust_ip_checksum(uint8_t *ip, size_t at, uint16_t word)
+{
+    uint32_t s = (uint32_t)(uint16_t)~get16(ip + 10) + (uint16_t)~get16(ip + at) + word;
+    put16(ip + at, word);
+    put16(ip + 10, (uint16_t)~fold(s));
+}
+
 /*
  * Replace every FIND in the UDP payload at pay[0:*plen] (room up to `cap` bytes) by REPLACE, in
  * place. Occurrences are found front to back (they cannot overlap: "weakly typed" has no border),
@@ -106,39 +127,154 @@ static long replace_all(uint8_t *pay, size_t *plen, size_t cap)
     return (long)hits;
 }
 
-/* The demo policy for the Geneve datagram d[0:*len] (room for `cap` bytes); may rewrite it. */
-static enum verdict decide(uint8_t *d, size_t *len, size_t cap)
+/*
+ * The Geneve header at d[0:n]: version 0, not a control message, IPv4 or IPv6 inside, and GWLB's
+ * three options (class 0x0108, types 1, 2, 3 with 8, 8 and 4 bytes), in any order; an unknown
+ * critical option refuses the packet (RFC 8926). Return its length, or 0 (*v = DROP or MALFORMED).
+ */
+static size_t check_geneve(const uint8_t *d, size_t n, enum verdict *v)
 {
-    size_t n = *len;
+    static const uint8_t usual[] = {0x01, 0x08, 1, 2}, usual2[] = {0x01, 0x08, 2, 2},
+                         usual3[] = {0x01, 0x08, 3, 1};
+    *v = MALFORMED;
     if (n < 8 || d[0] >> 6 != 0)
-        return MALFORMED;
-    if (d[1] & 0x80)
-        return DROP; /* O bit: a control message, nothing to answer */
+        return 0;
+    if (d[1] & 0x80) {
+        *v = DROP; /* O bit: a control message, nothing to answer */
+        return 0;
+    }
     size_t glen = 8 + (size_t)(d[0] & 0x3f) * 4;
-    if (glen > n)
-        return MALFORMED;
-    if (get16(d + 2) != 0x0800)
-        return PASS; /* inner IPv6: this minimal reference passes it unchanged */
-    uint8_t *ip = d + glen;
-    size_t ilen = n - glen;
+    uint16_t proto = get16(d + 2);
+    if (glen > n || (proto != 0x0800 && proto != 0x86dd))
+        return 0;
+    if (glen == 40 && !memcmp(d + 8, usual, 4) && !memcmp(d + 20, usual2, 4)
+        && !memcmp(d + 32, usual3, 4))
+        return glen; /* GWLB's usual layout */
+    int found = 0;
+    for (size_t off = 8; off < glen;) {
+        if (off + 4 > glen)
+            return 0;
+        size_t body = (size_t)(d[off + 3] & 0x1f) * 4;
+        if (off + 4 + body > glen)
+            return 0;
+        if (get16(d + off) == 0x0108 && d[off + 2] >= 1 && d[off + 2] <= 3) {
+            if (body != (d[off + 2] == 3 ? 4u : 8u))
+                return 0;
+            found |= 1 << d[off + 2];
+        } else if (d[off + 2] & 0x80) {
+            return 0; /* a critical option we do not understand */
+        }
+        off += 4 + body;
+    }
+    return found == 0xe ? glen : 0;
+}
+
+/* The inner packet, as far as the policy needs it. */
+struct inner {
+    uint8_t *ip, *l4;
+    size_t ilen, l4len;
+    int v6, proto, first_fragment, later_fragment, routed;
+};
+
+static enum verdict parse_ipv4(uint8_t *ip, size_t ilen, struct inner *p)
+{
     if (ilen < 20 || ip[0] >> 4 != 4)
         return MALFORMED;
     size_t ihl = (size_t)(ip[0] & 0x0f) * 4, total = get16(ip + 2);
     if (ihl < 20 || ihl > total || total != ilen)
         return MALFORMED;
     uint16_t frag = get16(ip + 6);
-    if (frag & 0x1fff)
-        return PASS; /* a later fragment: no transport header */
-    uint8_t *l4 = ip + ihl;
-    size_t l4len = total - ihl;
-    if (ip[9] == 1) { /* ICMP */
-        if (l4len >= 8 && (l4[0] == 8 || l4[0] == 0) && get16(l4 + 6) % 5 == 0)
-            return DROP;
-        return PASS;
+    p->later_fragment = (frag & 0x1fff) != 0;
+    p->first_fragment = !p->later_fragment && (frag & 0x2000);
+    p->proto = ip[9];
+    p->l4 = ip + ihl;
+    p->l4len = total - ihl;
+    return PASS;
+}
+
+/* IPv6 and its extension-header chain (RFC 8200 §4; AH's length is in 4-byte words). */
+static enum verdict parse_ipv6(uint8_t *ip, size_t ilen, struct inner *p)
+{
+    if (ilen < 40 || ip[0] >> 4 != 6 || get16(ip + 4) != ilen - 40)
+        return MALFORMED;
+    size_t off = 40;
+    int next = ip[6];
+    for (int count = 0;; count++) {
+        if (count > 16)
+            return MALFORMED;
+        if (next == 0 || next == 43 || next == 51 || next == 60 || next == 135 || next == 139
+            || next == 140) {
+            if ((next == 0 && count) || off + 8 > ilen)
+                return MALFORMED;
+            if (next == 43 && ip[off + 3])
+                p->routed = 1; /* segments left: the pseudo-header's destination is elsewhere */
+            size_t size = next == 51 ? ((size_t)ip[off + 1] + 2) * 4 : ((size_t)ip[off + 1] + 1) * 8;
+            if (off + size > ilen)
+                return MALFORMED;
+            next = ip[off];
+            off += size;
+        } else if (next == 44) {
+            if (off + 8 > ilen)
+                return MALFORMED;
+            uint16_t frag = get16(ip + off + 2);
+            if (frag >> 3)
+                p->later_fragment = 1;
+            else if (frag & 1)
+                p->first_fragment = 1;
+            next = ip[off];
+            off += 8;
+        } else {
+            break;
+        }
     }
-    if (ip[9] != 17)
+    p->proto = next;
+    p->l4 = ip + off;
+    p->l4len = ilen - off;
+    return PASS;
+}
+
+/* The transport checksum of a rewritten UDP datagram (IPv4 or IPv6 pseudo-header). */
+static void set_udp_checksum(const struct inner *p, size_t udp_len)
+{
+    put16(p->l4 + 6, 0);
+    uint32_t s = p->v6 ? sum16(p->ip + 8, 32, 0) : sum16(p->ip + 12, 8, 0);
+    s += 17 + (uint32_t)udp_len;
+    uint16_t c = (uint16_t)~fold(sum16(p->l4, udp_len, s));
+    put16(p->l4 + 6, c ? c : 0xffff);
+}
+
+/* The demo policy for the Geneve datagram d[0:*len] (room for `cap` bytes); may rewrite it. */
+static enum verdict decide(uint8_t *d, size_t *len, size_t cap)
+{
+    enum verdict v;
+    size_t n = *len, glen = check_geneve(d, n, &v);
+    if (!glen)
+        return v;
+    struct inner p = {.v6 = get16(d + 2) == 0x86dd};
+    v = p.v6 ? parse_ipv6(d + glen, n - glen, &p) : parse_ipv4(d + glen, n - glen, &p);
+    if (v != PASS)
+        return v;
+    p.ip = d + glen;
+    if (p.later_fragment)
+        return PASS; /* no transport header */
+    uint8_t *l4 = p.l4;
+    size_t l4len = p.l4len;
+    if (p.proto == (p.v6 ? 58 : 1)) { /* ICMP or ICMPv6 */
+        if (l4len < 8)
+            return MALFORMED;
+        int echo = p.v6 ? l4[0] == 128 || l4[0] == 129 : l4[0] == 8 || l4[0] == 0;
+        return echo && get16(l4 + 6) % 5 == 0 ? DROP : PASS;
+    }
+    if (p.proto == 6) { /* TCP: no rule for it, but the header must be whole */
+        size_t off = (size_t)(l4[12] >> 4) * 4;
+        return l4len < 20 || off < 20 || off > l4len ? MALFORMED : PASS;
+    }
+    if (p.proto != 17)
         return PASS;
     if (l4len < 8)
+        return MALFORMED;
+    size_t udp_len = get16(l4 + 4);
+    if (udp_len < 8 || (!p.first_fragment && udp_len != l4len))
         return MALFORMED;
     if (get16(l4) != 3000 && get16(l4 + 2) != 3000)
         return PASS;
@@ -148,24 +284,24 @@ static enum verdict decide(uint8_t *d, size_t *len, size_t cap)
         return DROP;
     if (!memmem(pay, plen, FIND, FIND_LEN))
         return PASS;
-    if (frag & 0x2000)
-        return DROP; /* a first fragment: cannot rewrite without reassembly */
-    size_t room = MAX_INNER - ihl - 8; /* the payload may grow to this */
+    if (p.first_fragment || p.routed)
+        return DROP; /* cannot rewrite without reassembly, or with another final destination */
+    size_t before = (size_t)(pay - p.ip);  /* IP and extension headers + UDP header */
+    size_t room = MAX_INNER - before;      /* the payload may grow to this */
     size_t limit = cap - (size_t)(pay - d);
     if (limit < room)
         room = limit;
     if (replace_all(pay, &plen, room) < 0)
         return DROP; /* would exceed GWLB's 8500-byte inner packet */
-    total = ihl + 8 + plen;
-    put16(ip + 2, (uint16_t)total);
-    set_ip_checksum(ip, ihl);
-    put16(l4 + 4, (uint16_t)(8 + plen));
-    if (get16(l4 + 6) != 0) { /* zero = "no checksum" over IPv4, and stays so */
-        put16(l4 + 6, 0);
-        uint32_t s = sum16(ip + 12, 8, 17 + (uint32_t)(8 + plen));
-        uint16_t c = (uint16_t)~fold(sum16(l4, 8 + plen, s));
-        put16(l4 + 6, c ? c : 0xffff);
+    size_t total = before + plen;
+    if (p.v6) {
+        put16(p.ip + 4, (uint16_t)(total - 40));
+    } else {
+        adjust_ip_checksum(p.ip, 2, (uint16_t)total);
     }
+    put16(l4 + 4, (uint16_t)(8 + plen));
+    if (p.v6 || get16(l4 + 6) != 0) /* zero = "no checksum" over IPv4, and stays so */
+        set_udp_checksum(&p, 8 + plen);
     *len = glen + total;
     return REWRITTEN;
 }
@@ -197,11 +333,14 @@ static void die(const char *what)
 int main(int argc, char **argv)
 {
     double max_seconds = 600;
+    int sink = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--max-seconds") && i + 1 < argc) {
             max_seconds = atof(argv[++i]);
+        } else if (!strcmp(argv[i], "--sink")) {
+            sink = 1;
         } else {
-            fprintf(stderr, "usage: reflector [--max-seconds S]\n");
+            fprintf(stderr, "usage: reflector [--sink] [--max-seconds S]\n");
             return 2;
         }
     }
@@ -255,6 +394,8 @@ int main(int argc, char **argv)
             die("recvmmsg");
         }
         n_received += (unsigned)n;
+        if (sink)
+            continue;
         int out = 0;
         for (int i = 0; i < n; i++) {
             if (rx[i].msg_hdr.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {

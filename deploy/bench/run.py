@@ -4,18 +4,24 @@
 It compiles the C load generator (gen.c) and the C reference reflector (reflector.c), builds two
 network namespaces joined by a veth pair (generator 10.77.200.1, appliance 10.77.200.2, MTU 9001),
 then measures, for each target (the C reflector as the baseline, then applianced with one worker)
-and each traffic case (64 and 1400 payload bytes; pass-through and rewrite):
-  - flood: offered and returned packets per second, loss, validation errors, and the CPU time of
-    the target's processes per returned packet (user+system from /proc/PID/stat);
+and each traffic case (64 and 1400 payload bytes; the traffic mix, then pass-through and rewrite
+alone):
+  - flood: offered and returned packets per second, loss against the replies expected, validation
+    errors, and the CPU time of the target's processes (user and kernel, from /proc/PID/stat) per
+    packet its socket received;
   - latency: round-trip p50/p99 at a paced 10,000 packets per second.
-The generator runs on one CPU, the target on another (taskset). Nothing here imports the product:
-packets are built and checked by gen.c. Namespaces and processes are always torn down (by name and
-by PID), also on failure or Ctrl-C.
+The headline is the mix (gen.c says what it holds), next to the generator's ceiling measured in the
+same run (gen flooding a sink that never answers). applianced runs as an operator runs it
+(--product-mode tree: supervisor, worker and the health service, probed over HTTP during every run)
+or as the data path alone (--product-mode worker). The generator runs on one CPU, the target on
+another (taskset). Nothing here imports the product: packets are built and checked by gen.c.
+Namespaces and processes are always torn down (by name and by PID), also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -42,7 +48,12 @@ GEN_IP, APP_IP = "10.77.200.1", "10.77.200.2"
 MTU = 9001
 GENEVE_PORT = 6081
 LATENCY_RATE = 10_000
-CASES = [(64, "pass"), (64, "rewrite"), (1400, "pass"), (1400, "rewrite")]
+HEALTH_PORT = 80
+PAYLOADS = (64, 1400)
+MIX = "mix"
+# The mix first (the headline), then the single cases kept from the first version of the bench.
+CASES = [(64, MIX), (1400, MIX), (64, "pass"), (64, "rewrite"), (1400, "pass"), (1400, "rewrite")]
+BASELINE, PRODUCT = "C reflector", "applianced"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -100,6 +111,7 @@ def product_tree() -> str:
                 "--",
                 "appliance",
                 "config",
+                "health",
                 "supervisor",
             ]
         ).split("\n")
@@ -144,23 +156,33 @@ def compile_tools(work: Path) -> dict[str, str]:
     return out
 
 
-def write_config(work: Path) -> Path:
-    """The shipped default config (the demo policy), with [runtime] dir set to our temp dir."""
+def write_config(work: Path, mode: str) -> Path:
+    """The shipped default config (the demo policy) with `[runtime] dir` set to our temp dir; in
+    worker mode also `[health] enabled = false` (the data path alone)."""
     runtime = work / "runtime"
     lines = (REPO / "config" / "default.toml").read_text(encoding="utf-8").splitlines()
-    section, done, out = "", False, []
+    wanted = {("[runtime]", "dir"): f'"{runtime}"'}
+    if mode == "worker":
+        wanted[("[health]", "enabled")] = "false"
+    section, done, out = "", set(), []
     for line in lines:
         stripped = line.strip()
         if stripped.startswith("["):
             section = stripped
-        if section == "[runtime]" and re.match(r"dir\s*=", stripped):
-            line, done = f'dir = "{runtime}"', True
+        for (where, key), value in wanted.items():
+            if section == where and re.match(rf"{key}\s*=", stripped):
+                line = f"{key} = {value}"
+                done.add((where, key))
         out.append(line)
-    if not done:
-        out += ["", "[runtime]", f'dir = "{runtime}"']
+    for (where, key), value in wanted.items():
+        if (where, key) not in done:
+            out += ["", where, f"{key} = {value}"]
     text = "\n".join(out) + "\n"
-    if tomllib.loads(text)["runtime"]["dir"] != str(runtime):
-        raise BenchError("could not set [runtime] dir in the config copy")
+    parsed = tomllib.loads(text)
+    if parsed["runtime"]["dir"] != str(runtime) or (
+        mode == "worker" and parsed["health"]["enabled"] is not False
+    ):
+        raise BenchError("could not set [runtime] dir / [health] enabled in the config copy")
     path = work / "applianced.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -239,12 +261,13 @@ class Netns:
 
 
 def ns_counters(ns: str) -> dict[str, int]:
-    """UDP receive-buffer errors and the veth's drop counters inside `ns`."""
+    """UDP datagrams delivered and receive-buffer errors, and the veth's drop counters, in `ns`."""
     text = sh(in_ns(ns, ["cat", "/proc/net/snmp", "/proc/net/dev"]))
     out: dict[str, int] = {}
     udp = [line.split() for line in text.splitlines() if line.startswith("Udp:")]
     if len(udp) >= 2:
         fields = dict(zip(udp[0][1:], udp[1][1:], strict=False))
+        out["udp_in_datagrams"] = int(fields.get("InDatagrams", 0))
         out["udp_rcvbuf_errors"] = int(fields.get("RcvbufErrors", 0))
         out["udp_in_errors"] = int(fields.get("InErrors", 0))
         out["udp_no_ports"] = int(fields.get("NoPorts", 0))
@@ -294,6 +317,8 @@ class Target:
 
     def __init__(self, name: str, argv: list[str], cpu: int, logs: Path) -> None:
         self.name = name
+        self.roles: dict[int, str] = {}
+        self.descendants: dict[int, int] = {}  # PID -> start time, every one seen
         self.log = logs / f"{name.replace(' ', '_')}.log"
         self.log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
@@ -326,21 +351,28 @@ class Target:
         raise BenchError(f"{self.name} did not bind UDP {GENEVE_PORT} in {READY_TIMEOUT_S} s")
 
     def tree(self) -> list[int]:
-        """The target's PID and its descendants' (applianced forks workers), parents first."""
+        """The target's PID and its descendants' (applianced forks workers, spawns gunicorn),
+        parents first. Each descendant is remembered with its start time, for `stop`."""
         children: dict[int, list[int]] = {}
+        started: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    ppid, start = int(fields[1]), int(fields[19])  # proc(5) fields 4 and 22
                 except (OSError, IndexError, ValueError):
                     continue  # gone meanwhile
                 children.setdefault(ppid, []).append(int(entry.name))
+                started[int(entry.name)] = start
         out: list[int] = []
         todo = [self.pid]
         while todo and len(out) < 1000:
             pid = todo.pop(0)
             out.append(pid)
             todo += sorted(children.get(pid, []))
+        for pid in out[1:]:
+            if pid in started:
+                self.descendants[pid] = started[pid]
         return out
 
     def cpu(self) -> dict[int, tuple[int, int, int]]:
@@ -358,7 +390,23 @@ class Target:
                 continue  # exited meanwhile
             fields = stat.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state) of proc(5)
             out[pid] = (int(fields[11]), int(fields[12]), ns)  # fields 14 (utime), 15 (stime)
+            self.roles[pid] = self.role(pid)  # a worker retitles itself after the fork
         return out
+
+    def role(self, pid: int) -> str:
+        """What a process of the tree is: the reflector, or applianced's supervisor, a worker or
+        the health service (gunicorn's master and worker)."""
+        if pid == self.pid:
+            return "supervisor" if self.name == PRODUCT else "reflector"
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return "other"
+        if title.startswith("applianced: worker"):
+            return "worker"
+        if "gunicorn" in title or "applianced: health" in title:
+            return "health"
+        return "other"
 
     def describe(self) -> list[str]:
         """`PID name (CPUs n)` for each process of the tree."""
@@ -380,14 +428,28 @@ class Target:
         return self.proc.poll() is None
 
     def stop(self) -> int | None:
-        """SIGTERM by PID, then SIGKILL if it lingers; return its exit code."""
+        """SIGTERM by PID, then SIGKILL if it lingers; then the same for any descendant still
+        running (applianced's health service deliberately outlives a supervisor that was killed);
+        return the target's exit code."""
         if self.proc.poll() is None:
+            self.tree()  # the descendants as they are now
             try:
                 self.proc.send_signal(signal.SIGTERM)
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT_S)
+        for pid, start in sorted(self.descendants.items()):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if not _same_process(pid, start):
+                    break
+                print(f"cleanup: {sig.name} to {pid}, left by {self.name}", file=sys.stderr)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                deadline = time.monotonic() + STOP_TIMEOUT_S
+                while _same_process(pid, start) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        self.descendants.clear()
         self.log_file.close()
         return self.proc.returncode
 
@@ -396,6 +458,15 @@ class Target:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _same_process(pid: int, start: int) -> bool:
+    """PID still runs the process that started at `start` (not a zombie, not a reused PID)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[19]) == start
 
 
 def machine_noise(gen: str, cpus: tuple[int, int], seconds: float) -> dict[str, Any]:
@@ -440,6 +511,7 @@ def run_gen(
     seconds: float,
     flows: int,
     max_packets: int,
+    probe_rate: float = 0.0,
 ) -> dict[str, Any]:
     argv = [
         gen,
@@ -461,6 +533,10 @@ def run_gen(
         str(max_packets),
         "--rate",
         str(LATENCY_RATE),
+        "--probe-rate",
+        f"{probe_rate:g}",
+        "--probe-port",
+        str(HEALTH_PORT),
     ]
     proc = subprocess.run(
         in_ns(GEN_NS, ["taskset", "-c", str(cpu), *argv]),
@@ -475,6 +551,48 @@ def run_gen(
     return result
 
 
+def describe_mix(gen: str) -> dict[str, Any]:
+    """What the mix holds, from gen itself: its slots, and a summary line per class."""
+    proc = subprocess.run(
+        [gen, "--describe", "--case", MIX], capture_output=True, text=True, timeout=30, check=False
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"gen --describe failed: {proc.stderr.strip()}")
+    slots: list[dict[str, Any]] = json.loads(proc.stdout)["slots"]
+    lines = []
+    for cls in dict.fromkeys(s["class"] for s in slots):
+        mine = [s for s in slots if s["class"] == cls]
+        kinds: dict[str, int] = {}
+        for s in mine:
+            label = f"IPv{s['ip']} {s['proto'].upper()}"
+            kinds[label] = kinds.get(label, 0) + 1
+        ports: dict[int, int] = {}
+        for s in mine:
+            for port in (s["sport"], s["dport"]):
+                if port:
+                    ports[port] = ports.get(port, 0) + 1
+        port_text = ", ".join(f"{p}" + (f" x{n}" if n > 1 else "") for p, n in ports.items())
+        expect: dict[str, int] = {}
+        for s in mine:
+            expect[s["expect"]] = expect.get(s["expect"], 0) + 1
+        extra = []
+        if any(s["drop_me"] for s in mine):
+            extra.append(f'{sum(s["drop_me"] for s in mine)} with "drop me"')
+        mods = [s["icmp_seq_mod5"] for s in mine if s["icmp_seq_mod5"] >= 0]
+        if mods:
+            extra.append("echo sequence numbers mod 5: " + ",".join(str(m) for m in mods))
+        lines.append(
+            f"{len(mine):3} {cls:10} "
+            + " + ".join(f"{n} {k}" for k, n in kinds.items())
+            + (f"; ports {port_text}" if port_text else "")
+            + (f"; {'; '.join(extra)}" if extra else "")
+            + " -> "
+            + ", ".join(f"{n} {e}" for e, n in expect.items())
+        )
+    answered = sum(s["expect"] != "drop" for s in slots)
+    return {"slots": slots, "lines": lines, "answered": answered, "size": len(slots)}
+
+
 # ---------------------------------------------------------------- measuring
 
 
@@ -485,7 +603,11 @@ def measure(
     args: argparse.Namespace,
     payload: int,
     case: str,
+    probe_rate: float,
+    headline_roles: tuple[str, ...] | None,
 ) -> dict[str, Any]:
+    """One case against one target: a flood, then a paced latency run. `headline_roles`: whose CPU
+    time the headline counts (None: the whole process tree)."""
     app_before, gen_before = ns_counters(APP_NS), ns_counters(GEN_NS)
     cpu_before, stat_before = target.cpu(), cpu_times()
     flood = run_gen(
@@ -497,6 +619,7 @@ def measure(
         args.seconds,
         args.flows,
         int(args.seconds * args.max_pps),
+        probe_rate,
     )
     cpu_after, stat_after = target.cpu(), cpu_times()
     app_after, gen_after = ns_counters(APP_NS), ns_counters(GEN_NS)
@@ -509,18 +632,35 @@ def measure(
         args.latency_seconds,
         args.flows,
         int(args.latency_seconds * LATENCY_RATE) + 1,
+        probe_rate,
     )
     if not target.alive():
         raise BenchError(f"{target.name} died during {payload} B {case}:\n{target.tail()}")
-    returned = flood["received"]
+    kernel_app = delta(app_after, app_before)
+    # The packets the target had to handle: what the kernel delivered to its socket(s) in its
+    # namespace during the flood (the ones its receive buffer had no room for cost it nothing).
+    handled = kernel_app.get("udp_in_datagrams", 0)
     # Over the processes alive at the end (a process that started during the flood counts whole).
-    utime = stime = run_ns = 0
+    by_role: dict[str, list[int]] = {}
+    run_ns = 0
     for pid, (u, st, ns) in cpu_after.items():
         u0, st0, ns0 = cpu_before.get(pid, (0, 0, 0))
-        utime, stime, run_ns = utime + u - u0, stime + st - st0, run_ns + ns - ns0
+        role = target.roles.get(pid, "other")
+        acc = by_role.setdefault(role, [0, 0])
+        acc[0] += u - u0
+        acc[1] += st - st0
+        run_ns += ns - ns0
     if any(v[2] < 0 for v in (*cpu_before.values(), *cpu_after.values())):
         run_ns = -1
-    ticks = utime + stime
+    counted = [v for role, v in by_role.items() if headline_roles is None or role in headline_roles]
+    utime, stime = sum(v[0] for v in counted), sum(v[1] for v in counted)
+
+    def per_pkt(ticks: int) -> float | None:
+        return ticks / CLK_TCK * 1e6 / handled if handled else None
+
+    def loss(run: dict[str, Any]) -> float:
+        return 100.0 * (1 - run["valid"] / run["expected"]) if run["expected"] else 100.0
+
     return {
         "target": target.name,
         "payload": payload,
@@ -528,31 +668,95 @@ def measure(
         "offered_pps": flood["offered_pps"],
         "returned_pps": flood["returned_pps"],
         "sent": flood["sent"],
-        "received": returned,
-        "loss_pct": 100.0 * (1 - returned / flood["sent"]) if flood["sent"] else 100.0,
+        "expected": flood["expected"],
+        "received": flood["received"],
+        "valid": flood["valid"],
+        "handled": handled,
+        "loss_pct": loss(flood),
         "errors": flood["invalid"] + latency["invalid"],
-        "cpu_us_per_pkt": ticks / CLK_TCK * 1e6 / returned if returned else None,
+        # Templates that expect replies and never got one at 10k pps, where nothing should be lost.
+        "silent_templates": latency["silent_templates"],
+        "errors_by_kind": {
+            k: flood["errors"][k] + latency["errors"][k]
+            for k in flood["errors"]
+            if flood["errors"][k] + latency["errors"][k]
+        },
+        "cpu_counts": "the whole process tree"
+        if headline_roles is None
+        else " + ".join(headline_roles),
+        "cpu_us_per_pkt": per_pkt(utime + stime),
+        "cpu_user_us_per_pkt": per_pkt(utime),
+        "cpu_kernel_us_per_pkt": per_pkt(stime),
         "cpu_user_s": utime / CLK_TCK,
         "cpu_system_s": stime / CLK_TCK,
-        "cpu_sched_us_per_pkt": run_ns / 1e3 / returned if returned and run_ns >= 0 else None,
+        "cpu_by_role_us_per_pkt": {
+            role: per_pkt(u + st) for role, (u, st) in sorted(by_role.items())
+        },
+        "cpu_tree_sched_us_per_pkt": run_ns / 1e3 / handled if handled and run_ns >= 0 else None,
         "cpu_by_pid": {
             str(pid): [
-                a - b for a, b in zip(cpu_after[pid], cpu_before.get(pid, (0, 0, 0)), strict=True)
+                target.roles.get(pid, "other"),
+                *(
+                    a - b
+                    for a, b in zip(cpu_after[pid], cpu_before.get(pid, (0, 0, 0)), strict=True)
+                ),
             ]
             for pid in cpu_after
         },
         "p50_us": latency["rtt_p50_ns"] / 1e3 if latency["rtt_samples"] else None,
         "p99_us": latency["rtt_p99_ns"] / 1e3 if latency["rtt_samples"] else None,
-        "latency_loss_pct": 100.0 * (1 - latency["received"] / latency["sent"])
-        if latency["sent"]
-        else 100.0,
+        "latency_loss_pct": loss(latency),
         "gen_cpu": cpu_shares(stat_after, stat_before, cpus[0]),
         "target_cpu": cpu_shares(stat_after, stat_before, cpus[1]),
-        "kernel_app_ns": delta(app_after, app_before),
+        "kernel_app_ns": kernel_app,
         "kernel_gen_ns": delta(gen_after, gen_before),
         "flood": flood,
         "latency": latency,
     }
+
+
+def wait_healthy(target: Target, gen: str, cpu: int) -> dict[str, Any]:
+    """Until the health service answers 200 to a probe from the generator's namespace."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        if not target.alive():
+            raise BenchError(f"{target.name} exited:\n{target.tail()}")
+        proc = subprocess.run(
+            in_ns(
+                GEN_NS,
+                [
+                    "taskset",
+                    "-c",
+                    str(cpu),
+                    gen,
+                    "--mode",
+                    "probe",
+                    "--dst",
+                    APP_IP,
+                    "--probe-port",
+                    str(HEALTH_PORT),
+                    "--probe-rate",
+                    "10",
+                    "--seconds",
+                    "0.25",
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"gen --mode probe failed: {proc.stderr.strip()}")
+        last = json.loads(proc.stdout)["probes"]
+        if last["last_status"] == 200:
+            return last
+        time.sleep(0.2)
+    raise BenchError(
+        f"the health service did not answer 200 on {APP_IP}:{HEALTH_PORT} in {READY_TIMEOUT_S} s "
+        f"(last probe: {last}):\n{target.tail()}"
+    )
 
 
 def bench_target(
@@ -564,6 +768,8 @@ def bench_target(
     logs: Path,
     started: list[Target],
     processes: dict[str, list[str]],
+    probe_rate: float = 0.0,
+    headline_roles: tuple[str, ...] | None = None,
     finish: Callable[[Target], None] | None = None,
 ) -> list[dict[str, Any]]:
     target = Target(name, argv, cpus[1], logs)
@@ -574,23 +780,28 @@ def bench_target(
         cmdline = Path(f"/proc/{target.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         if Path(argv[0]).name not in cmdline:  # CPU time must be read from the target itself
             raise BenchError(f"PID {target.pid} is `{cmdline}`, not {argv[0]}")
-        # Warm-up (not reported): first packets, page faults, Python's first calls; it also waits
-        # for a target whose socket is bound before its worker runs (applianced's supervisor).
+        if probe_rate:
+            wait_healthy(target, tools["gen"], cpus[0])
+        # Warm-up (not reported): first packets, page faults, Python's first calls on every path
+        # of the mix; it also waits for a target whose socket is bound before its worker runs
+        # (applianced's supervisor).
         for _ in range(20):
-            warm = run_gen(tools["gen"], cpus[0], "flood", 64, "pass", 0.3, args.flows, 100_000)
+            warm = run_gen(
+                tools["gen"], cpus[0], "flood", 64, MIX, 0.3, args.flows, 100_000, probe_rate
+            )
             if warm["received"] or not target.alive():
                 break
             time.sleep(0.5)
         if not warm["received"]:
             raise BenchError(f"{name} answered no warm-up packet:\n{target.tail()}")
         processes[name] = target.describe()
-        for payload, case in CASES:
-            row = measure(target, tools, cpus, args, payload, case)
+        for payload, case in args.cases:
+            row = measure(target, tools, cpus, args, payload, case, probe_rate, headline_roles)
             rows.append(row)
             print(
                 f"  {name:12} {payload:5} B {case:8} returned {row['returned_pps']:>11,.0f} pps"
                 f"  loss {row['loss_pct']:5.1f}%  errors {row['errors']}"
-                f"  p50 {fmt(row['p50_us'], 1)} us",
+                f"  CPU {fmt(row['cpu_us_per_pkt'], 2)} us/pkt  p50 {fmt(row['p50_us'], 1)} us",
                 file=sys.stderr,
                 flush=True,
             )
@@ -601,6 +812,49 @@ def bench_target(
         for row in rows:
             row["target_exit_code"] = code
     return rows
+
+
+def generator_ceiling(
+    tools: dict[str, str],
+    cpus: tuple[int, int],
+    args: argparse.Namespace,
+    logs: Path,
+    started: list[Target],
+) -> dict[int, dict[str, Any]]:
+    """What gen offers the mix when nothing comes back: flooding the reflector in --sink mode,
+    which only receives. Its CPU then does nothing but send (and deliver into the sink's socket)."""
+    sink = Target("sink", [tools["reflector"], "--sink", "--max-seconds", "600"], cpus[1], logs)
+    started.append(sink)
+    out = {}
+    try:
+        sink.wait_ready()
+        for payload in sorted({p for p, c in args.cases if c == MIX}):
+            flood = run_gen(
+                tools["gen"],
+                cpus[0],
+                "flood",
+                payload,
+                MIX,
+                args.seconds,
+                args.flows,
+                int(args.seconds * args.max_pps),
+            )
+            out[payload] = {
+                "offered_pps": flood["offered_pps"],
+                "sent": flood["sent"],
+                "received": flood["received"],
+                "send_errors": flood["send_errors"],
+                "partial_sends": flood["partial_sends"],
+            }
+            print(
+                f"  gen ceiling  {payload:5} B mix      offers   {flood['offered_pps']:>11,.0f} pps"
+                " into a sink",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        sink.stop()
+    return out
 
 
 def applianced_counters(applianced: str, runtime: Path) -> str:
@@ -635,16 +889,43 @@ def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+def _ratio(row: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
+    if not base or row[key] is None or not base[key]:
+        return "-"
+    return f"{row[key] / base[key]:.2f}x"
+
+
+MODE_TEXT = {
+    "tree": "applianced as an operator runs it (--product-mode tree): the supervisor, 1 worker and "
+    "the health service (gunicorn on port 80, the default config with --workers 1), probed with "
+    "HTTP GET / at {probe_rate:g}/s from the generator's namespace during every run; its CPU is "
+    "the whole process tree's",
+    "worker": "applianced's data path (--product-mode worker): --workers 1, [health] enabled = "
+    "false; its CPU is the worker process's alone (the supervisor's is listed apart)",
+}
+
+
+def kept_up(row: dict[str, Any]) -> bool:
+    """The target's socket never overflowed in the flood (under 0.1% of what reached it): it
+    handled everything gen offered, so its returned rate is the generator's, not its own limit."""
+    k: dict[str, int] = row["kernel_app_ns"]
+    overflow, delivered = k.get("udp_rcvbuf_errors", 0), k.get("udp_in_datagrams", 0)
+    return overflow <= 0.001 * (overflow + delivered)
+
+
 def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any]) -> str:
-    base = {(r["payload"], r["case"]): r for r in rows if r["target"] == "C reflector"}
+    base = {(r["payload"], r["case"]): r for r in rows if r["target"] == BASELINE}
+    product = {(r["payload"], r["case"]): r for r in rows if r["target"] == PRODUCT}
+    mix = facts["mix"]
     out = [
         f"# gwlb-appliance benchmark  {facts['date']}  kernel {facts['kernel']}  "
         f"CPU {facts['cpu_model']} x{facts['cores']}",
         f"# {facts['gcc']}; Python {facts['python']}; applianced {facts['applianced']}; "
         f"product code {facts['product']}",
-        f"# flood {facts['seconds']:g} s/case, {facts['flows']} flows, sendmmsg batch 64; latency "
-        f"{facts['latency_seconds']:g} s at {LATENCY_RATE:,} pps; gen on CPU {facts['cpus'][0]}, "
-        f"target on CPU {facts['cpus'][1]}",
+        "# " + MODE_TEXT[facts["product_mode"]].format(probe_rate=facts["probe_rate"]),
+        f"# flood {facts['seconds']:g} s/case, {facts['flows']} flows (outer source ports), "
+        f"sendmmsg batch 64; latency {facts['latency_seconds']:g} s at {LATENCY_RATE:,} pps; gen "
+        f"on CPU {facts['cpus'][0]}, the target's processes on CPU {facts['cpus'][1]}",
     ]
     for cpu, n in facts.get("noise", {}).items():
         out.append(
@@ -656,7 +937,113 @@ def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, A
         "# p99 at 10k pps is mostly this machine's scheduling noise (above): compare p50s, and "
         "repeat runs before reading a p99 ratio.",
         "",
+        f"The mix, per {mix['size']} packets (`gen --case mix`; each flow cycles through "
+        f"{mix['size']} templates sent interleaved, each its own inner flow and flow cookie):",
+        *(f"  {line}" for line in mix["lines"]),
+        f"  = {mix['answered']} replies expected per {mix['size']} packets. Every reply is checked "
+        "against its template: pass = byte-identical Geneve and inner packet; rewrite = the "
+        "rewritten packet, every length and checksum; drop = no reply (one is an error).",
+        "",
     ]
+
+    # ---- headline
+    out.append(
+        "HEADLINE, the mix: returned = replies/s in the flood; errors = invalid or unexpected "
+        "replies (flood + latency run); silent = templates never answered at 10k pps though a "
+        "reply was due (a wrong drop); loss@10k = expected replies missing or invalid at 10k pps; "
+        "CPU = user+kernel time per packet the target's socket received"
+    )
+    cols = [
+        "payload",
+        "target",
+        "returned pps",
+        "vs C",
+        "errors",
+        "silent",
+        "loss@10k %",
+        "CPU us/pkt",
+        "user",
+        "kernel",
+        "CPU vs C",
+        "p50 us",
+        "p50 vs C",
+        "p99 us",
+        "p99 vs C",
+    ]
+    table = []
+    payloads = sorted({r["payload"] for r in rows if r["case"] == MIX})
+    for payload in payloads:
+        b = base.get((payload, MIX))
+        for r in (b, product.get((payload, MIX))):
+            if r is None:
+                continue
+            table.append(
+                [
+                    f"{payload} B",
+                    r["target"],
+                    fmt(r["returned_pps"]),
+                    _ratio(r, b, "returned_pps"),
+                    str(r["errors"]),
+                    str(r["silent_templates"]),
+                    f"{r['latency_loss_pct']:.2f}",
+                    fmt(r["cpu_us_per_pkt"], 2),
+                    fmt(r["cpu_user_us_per_pkt"], 2),
+                    fmt(r["cpu_kernel_us_per_pkt"], 2),
+                    _ratio(r, b, "cpu_us_per_pkt"),
+                    fmt(r["p50_us"], 1),
+                    _ratio(r, b, "p50_us"),
+                    fmt(r["p99_us"], 1),
+                    _ratio(r, b, "p99_us"),
+                ]
+            )
+    out += _table(cols, table)
+    ceiling = facts.get("ceiling", {})
+    out.append("Generator ceiling in this run (flooding the mix):")
+    for payload in payloads:
+        b, p = base.get((payload, MIX)), product.get((payload, MIX))
+        parts = []
+        if payload in ceiling:
+            parts.append(
+                f"gen alone (into a sink) offers {ceiling[payload]['offered_pps']:,.0f} pps"
+            )
+        offered = [
+            f"{r['offered_pps']:,.0f} to {r['target']} (returned {r['returned_pps']:,.0f}"
+            + (", kept up: the generator's rate, not the target's limit" if kept_up(r) else "")
+            + ")"
+            for r in (b, p)
+            if r
+        ]
+        if offered:
+            parts.append("with replies to check it offered " + " and ".join(offered))
+        if b and p and b["returned_pps"]:
+            share = p["returned_pps"] / b["returned_pps"]
+            verdict = (
+                "not generator-bound: the harness carried more with the C reflector"
+                if share < 0.8
+                else "near the harness's ceiling: the generator may bound it"
+            )
+            parts.append(f"applianced returned {100 * share:.1f}% of C: {verdict}")
+        out.append(f"  {payload:>5} B: " + "; ".join(parts))
+    if any(kept_up(r) for r in rows if r["case"] == MIX):
+        out.append(
+            "A target that kept up (its socket never overflowed) returned all the generator "
+            "offered: its pps ratio then understates the gap; CPU us/pkt compares the work."
+        )
+    if facts["product_mode"] == "tree":
+        out.append(
+            "CPU counts: the C reflector's one process; applianced's whole tree (supervisor, "
+            "worker, health service: split below). /proc/PID/stat ticks of "
+            f"{1000 // CLK_TCK} ms; the user/kernel split is the kernel's estimate."
+        )
+    else:
+        out.append(
+            "CPU counts: the C reflector's one process; applianced's worker process alone (the "
+            f"supervisor's below). /proc/PID/stat ticks of {1000 // CLK_TCK} ms; the user/kernel "
+            "split is the kernel's estimate."
+        )
+
+    # ---- every case
+    out += ["", "All cases (the mix, then pass-through and rewrite alone):"]
     cols = [
         "target",
         "case",
@@ -666,6 +1053,8 @@ def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, A
         "loss %",
         "errors",
         "CPU us/pkt",
+        "user",
+        "kernel",
         "p50 us",
         "p99 us",
         "p50 vs C",
@@ -674,74 +1063,122 @@ def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, A
     table = []
     for r in rows:
         b = base.get((r["payload"], r["case"]))
-
-        def ratio(key: str, row: dict[str, Any] = r, b: dict[str, Any] | None = b) -> str:
-            if not b or row[key] is None or not b[key]:
-                return "-"
-            return f"{row[key] / b[key]:.2f}x"
-
         table.append(
             [
                 r["target"],
                 f"{r['payload']} B {r['case']}",
                 fmt(r["offered_pps"]),
                 fmt(r["returned_pps"]),
-                ratio("returned_pps"),
+                _ratio(r, b, "returned_pps"),
                 fmt(r["loss_pct"], 1),
                 str(r["errors"]),
                 fmt(r["cpu_us_per_pkt"], 2),
+                fmt(r["cpu_user_us_per_pkt"], 2),
+                fmt(r["cpu_kernel_us_per_pkt"], 2),
                 fmt(r["p50_us"], 1),
                 fmt(r["p99_us"], 1),
-                ratio("p50_us"),
-                ratio("p99_us"),
+                _ratio(r, b, "p50_us"),
+                _ratio(r, b, "p99_us"),
             ]
         )
     out += _table(cols, table)
+    out.append(
+        "loss % = expected replies missing in the flood (which overloads the target on purpose: "
+        "see its receive-buffer overflows below)."
+    )
 
-    out += [
-        "",
-        "Generator ceiling (flood): what gen offers, what the C reflector returns, what "
-        "applianced returns:",
-    ]
-    product = {(r["payload"], r["case"]): r for r in rows if r["target"] == "applianced"}
-    for key, b in base.items():
-        p = product.get(key)
-        line = (
-            f"  {key[0]:>5} B {key[1]:8} gen offers {b['offered_pps']:>11,.0f} pps, "
-            f"C returns {b['returned_pps']:>11,.0f}"
+    # ---- the mix by class
+    mix_rows = [r for r in rows if r["case"] == MIX]
+    if mix_rows:
+        classes = list(dict.fromkeys(c for r in mix_rows for c in r["flood"]["classes"]))
+        out += [
+            "",
+            "The mix by class: valid replies / replies expected (drop: packets sent, no reply "
+            "due), in the flood and at 10k pps:",
+        ]
+        table = []
+        for r in mix_rows:
+            for run in ("flood", "latency"):
+                cells = []
+                for c in classes:
+                    k = r[run]["classes"].get(c)
+                    if k is None:
+                        cells.append("-")
+                    elif k["slots_answered"] == 0:
+                        cells.append(f"{k['sent']:,} sent")
+                    else:
+                        cells.append(f"{k['valid']:,}/{k['expected']:,}")
+                table.append([r["target"], f"{r['payload']} B {run}", *cells])
+        out += _table(["target", "run", *classes], table)
+
+    # ---- CPU by process
+    prod_rows = [r for r in rows if r["target"] == PRODUCT]
+    if prod_rows:
+        roles = sorted({k for r in prod_rows for k in r["cpu_by_role_us_per_pkt"]})
+        out += ["", "applianced's CPU us/pkt by process (user+kernel, per packet received):"]
+        table = [
+            [
+                r["target"],
+                f"{r['payload']} B {r['case']}",
+                *(fmt(r["cpu_by_role_us_per_pkt"].get(k), 2) for k in roles),
+                fmt(sum(v for v in r["cpu_by_role_us_per_pkt"].values() if v is not None), 2),
+                fmt(r["cpu_tree_sched_us_per_pkt"], 2),
+            ]
+            for r in prod_rows
+        ]
+        out += _table(["target", "case", *roles, "tree", "tree (schedstat ns)"], table)
+
+    # ---- health probes
+    probed = [r for r in rows if r["flood"].get("probes")]
+    if probed:
+        out += [
+            "",
+            f"Health probes (HTTP GET / to {APP_IP}:{HEALTH_PORT}, a new connection each, "
+            f"{facts['probe_rate']:g}/s) during each flood and latency run:",
+        ]
+        table = []
+        for r in probed:
+            for run in ("flood", "latency"):
+                p = r[run]["probes"]
+                table.append(
+                    [
+                        r["target"],
+                        f"{r['payload']} B {r['case']} {run}",
+                        str(p["sent"]),
+                        str(p["ok_200"]),
+                        str(p["other_status"]),
+                        str(p["failed"]),
+                        fmt(p["p50_ms"], 2),
+                        fmt(p["max_ms"], 1),
+                    ]
+                )
+        out += _table(
+            ["target", "run", "probes", "200", "other status", "failed", "p50 ms", "max ms"],
+            table,
         )
-        if p:
-            share = p["returned_pps"] / b["returned_pps"] if b["returned_pps"] else 0
-            verdict = (
-                "not generator-bound: the harness carried more with the C reflector"
-                if share < 0.8
-                else "near the harness's ceiling: the generator may bound it"
-            )
-            line += (
-                f", applianced returns {p['returned_pps']:>9,.0f} (offered "
-                f"{p['offered_pps']:,.0f}) = {100 * share:.1f}% of C: {verdict}"
-            )
-        out.append(line)
 
+    # ---- kernel counters
     out += [
         "",
-        "Kernel counters during each flood (deltas): UDP receive-buffer overflows at the "
-        "target (app ns) and at gen's receiver (gen ns), veth drops, gen partial sendmmsg "
-        "and send errors:",
+        "Kernel counters during each flood (deltas): UDP datagrams delivered to the target and "
+        "its receive-buffer overflows (app ns), gen's receiver overflows (gen ns), veth drops, "
+        "gen partial sendmmsg and send errors; the target CPU's busy share:",
     ]
     diag = []
     for r in rows:
         a, g, f = r["kernel_app_ns"], r["kernel_gen_ns"], r["flood"]
+        busy = 100 - r["target_cpu"]["idle"]
         diag.append(
             [
                 r["target"],
                 f"{r['payload']} B {r['case']}",
+                fmt(a.get("udp_in_datagrams")),
                 str(a.get("udp_rcvbuf_errors")),
                 str(g.get("udp_rcvbuf_errors")),
                 str(sum(v for k, v in {**a, **g}.items() if k.startswith("dev_"))),
                 str(f["partial_sends"]),
                 str(sum(f["send_errors"].values())),
-                f"{r['latency_loss_pct']:.2f}",
+                f"{busy:.0f}",
                 fmt(r["latency"]["wake_late_p99_ns"] / 1e3, 0),
             ]
         )
@@ -749,12 +1186,13 @@ def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, A
         [
             "target",
             "case",
+            "app delivered",
             "app rcvbuf ovf",
             "gen rcvbuf ovf",
             "veth drops",
             "partial sends",
             "send errors",
-            "latency-run loss %",
+            "target CPU busy %",
             "latency-run sender wake late p99 us",
         ],
         diag,
@@ -764,6 +1202,17 @@ def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, A
         out.append(f"{name} processes: {'; '.join(pids)}")
     for name, info in extra.items():
         out.append(f"{name}: {info}")
+    bad = [r for r in rows if r["errors"] or r["silent_templates"]]
+    if bad:
+        out += ["", "VALIDATION ERRORS by kind, and templates never answered at 10k pps by class:"]
+        for r in bad:
+            silent = {
+                c: k["silent_templates"]
+                for c, k in r["latency"]["classes"].items()
+                if k["silent_templates"]
+            }
+            name = f"{r['target']} {r['payload']} B {r['case']}"
+            out.append(f"  {name}: {r['errors_by_kind']}; silent {silent}")
     samples = [s for r in rows for s in r["flood"]["error_samples"] + r["latency"]["error_samples"]]
     if samples:
         out += ["", "First invalid replies (hex, up to 256 bytes of the Geneve payload):"]
@@ -813,6 +1262,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="also write every number to FILE")
     p.add_argument("--applianced", help="the applianced executable (default: next to python)")
     p.add_argument("--only", choices=["reflector", "applianced"], help="benchmark one target")
+    p.add_argument(
+        "--product-mode",
+        choices=["tree", "worker"],
+        default="tree",
+        help="tree (default): applianced as an operator runs it, supervisor + 1 worker + the "
+        "health service on port 80, probed during every run, CPU of the whole tree; worker: "
+        "the data path alone (health service off), CPU of the worker process",
+    )
+    p.add_argument(
+        "--probe-rate",
+        type=float,
+        default=10.0,
+        help="health probes per second in tree mode (default 10)",
+    )
+    p.add_argument("--mix-only", action="store_true", help="only the mix, not the single cases")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (binaries, logs)")
     args = p.parse_args(argv)
     if args.seconds is None:
@@ -821,6 +1285,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.latency_seconds = 0.5 if args.quick else 2.0
     if not (0 < args.seconds <= 30 and 0 < args.latency_seconds <= 30 and 1 <= args.flows <= 64):
         p.error("--seconds and --latency-seconds in (0, 30], --flows in [1, 64]")
+    if not 0 < args.probe_rate <= 100:
+        p.error("--probe-rate in (0, 100]")
+    args.cases = [c for c in CASES if c[1] == MIX] if args.mix_only else CASES
     return args
 
 
@@ -861,7 +1328,10 @@ def main(argv: list[str] | None = None) -> int:
             latency_seconds=args.latency_seconds,
             flows=args.flows,
             cpus=cpus,
+            product_mode=args.product_mode,
+            probe_rate=args.probe_rate,
         )
+        facts["mix"] = describe_mix(tools["gen"])
         print(f"# {facts['gcc']}; namespaces {GEN_NS} / {APP_NS}; temp {work}", file=sys.stderr)
         facts["noise"] = machine_noise(tools["gen"], cpus, 0.5 if args.quick else 1.0)
         busy = [c for c, n in facts["noise"].items() if n["busy_pct_before"] > 10]
@@ -871,20 +1341,27 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         netns.up()
-        targets = []
+        facts["ceiling"] = generator_ceiling(tools, cpus, args, work, started)
+        # (name, argv, health probes per second, whose CPU the headline counts: None = all)
+        targets: list[tuple[str, list[str], float, tuple[str, ...] | None]] = []
         if args.only != "applianced":
-            targets.append(("C reflector", [tools["reflector"], "--max-seconds", "600"]))
+            targets.append((BASELINE, [tools["reflector"], "--max-seconds", "600"], 0.0, None))
         if args.only != "reflector":
-            config = write_config(work)
-            # One worker on the target's CPU, like the single-threaded C reflector.
-            targets.append(("applianced", [applianced, "--config", str(config), "--workers", "1"]))
+            config = write_config(work, args.product_mode)
+            # One worker on the target's CPU, like the single-threaded C reflector; in tree mode
+            # the supervisor and the health service share that CPU (they inherit its affinity).
+            argv = [applianced, "--config", str(config), "--workers", "1"]
+            if args.product_mode == "tree":
+                targets.append((PRODUCT, argv, args.probe_rate, None))
+            else:
+                targets.append((PRODUCT, argv, 0.0, ("worker",)))
         processes: dict[str, list[str]] = {}
         facts["processes"] = processes
 
         def product_counters(target: Target) -> None:
             extra["applianced counters"] = applianced_counters(applianced, work / "runtime")
 
-        for name, argv in targets:
+        for name, argv, probe_rate, roles in targets:
             rows += bench_target(
                 name,
                 argv,
@@ -894,7 +1371,9 @@ def main(argv: list[str] | None = None) -> int:
                 work,
                 started,
                 processes,
-                product_counters if name == "applianced" else None,
+                probe_rate,
+                roles,
+                product_counters if name == PRODUCT else None,
             )
             log = started[-1].tail(3).strip().splitlines()
             extra[f"{name} exit"] = f"code {started[-1].proc.returncode}; " + (
