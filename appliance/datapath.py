@@ -13,7 +13,7 @@ import enum
 
 from appliance.errors import DecodeError
 from appliance.geneve import check_geneve
-from appliance.inner import parse_inner
+from appliance.inner import InnerPacket, parse_inner
 from appliance.policy import Policy, Verdict
 from appliance.rewrite import rewrite_in_place
 
@@ -38,6 +38,12 @@ def decide_in_place(
         pkt = parse_inner(buf, inner, end, protocol)
     except DecodeError as error:
         return Outcome.MALFORMED, int(error.reason), end
+    return decide_parsed(buf, pkt, policy)
+
+
+def decide_parsed(buf: bytearray, pkt: InnerPacket, policy: Policy) -> tuple[Outcome, int, int]:
+    """The policy's verdict on an already parsed packet, carried out in place (see above)."""
+    end = pkt.end
     verdict, rule, replacements = policy.decide(buf, pkt)
     if verdict is Verdict.PASS:
         return Outcome.PASS, -1, end

@@ -6,32 +6,46 @@ once: per transport protocol, the ports (UDP, TCP) or ICMP types that some rule 
 "all" when a rule has no such condition. A packet in GWLB's usual layout (Geneve with the three
 AWS options in order; IPv4 without options or fragments, or IPv6 without extension headers) whose
 ports or type are outside those sets, and whose lengths are exactly consistent, passes without
-further work. Everything else takes the full path (datapath.handle_datagram), which remains the
-reference: the fast path may only ever say "passes untouched" where the full path says PASS
-(tests/unit/test_fastpath.py checks that on random packets).
+further work. A packet in that layout that a rule might touch comes back parsed (the same
+InnerPacket parse_inner would make), so only the policy is asked. Everything else takes the full
+path (datapath.decide_in_place), which remains the reference: tests/unit/test_fastpath.py checks
+on random packets that "passes" means the full path says PASS, and that the parse is the same.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Literal
 
-from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from appliance.inner import (
+    ICMP_ECHO_TYPES,
+    ICMPV6_ECHO_TYPES,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Fragment,
+    InnerPacket,
+)
 from appliance.policy import Policy
 
 # Geneve with GWLB's options (4 words: version/opt len/flags/protocol, then the three option
 # headers), then IPv4 (version/IHL, total length, flags/fragment, protocol), then 13 bytes of the
-# transport header (ports or ICMP type and code, the UDP length, the TCP data offset).
-_V4 = struct.Struct("!I4xI8xI8xI4x" + "BxH2xHxB10x" + "HHH6xB")
+# transport header (ports or ICMP type/code and identifier, the UDP length or ICMP sequence
+# number, the TCP data offset).
+_V4 = struct.Struct("!I4xI8xI8xI4x" + "BxH2xHxB10x" + "HHHH4xB")
 # The same Geneve words, then IPv6 (version, payload length, next header) and the transport.
-_V6 = struct.Struct("!I4xI8xI8xI4x" + "IHB33x" + "HHH6xB")
+_V6 = struct.Struct("!I4xI8xI8xI4x" + "IHB33x" + "HHHH4xB")
 GENEVE_V4 = 0x08000800  # version 0, opt len 8 words, no flags, protocol IPv4
 GENEVE_V6 = 0x080086DD
 TAGS = (0x01080102, 0x01080202, 0x01080301)  # endpoint id, attachment id, flow cookie
 ALL = None  # every packet of the protocol may match a rule
+_WHOLE = Fragment.NONE
+_ECHO4, _ECHO6 = ICMP_ECHO_TYPES, ICMPV6_ECHO_TYPES
 
 
 class FastPath:
-    """`passes(buf, start, length)`: True only when the full path would surely say PASS."""
+    """`classify(buf, start, length)`: settle the common packets with one or two struct reads."""
 
     def __init__(self, policy: Policy) -> None:
         self.watch: dict[int, frozenset[int] | None] = {}
@@ -66,39 +80,75 @@ class FastPath:
         else:
             self.watch[proto] = self.watch.get(proto, frozenset()) | keys  # type: ignore[operator]
 
-    def passes(self, buf: bytearray, start: int, length: int) -> bool:
-        """`buf` must hold at least 73 bytes from `start` (the worker's slots hold 9216)."""
-        (g0, t1, t2, t3, ver, total, frag, proto, w0, w1, w2, tcp_off) = _V4.unpack_from(buf, start)
+    def classify(
+        self, buf: bytearray, start: int, length: int
+    ) -> Literal[True] | InnerPacket | None:
+        """True: passes untouched. An InnerPacket: the usual layout, parsed; ask the policy.
+        None: anything else; take the full path. `buf` must hold 73 bytes from `start`."""
+        (g0, t1, t2, t3, ver, total, frag, proto, w0, w1, w2, w3, tcp_off) = _V4.unpack_from(
+            buf, start
+        )
         if t1 != 0x01080102 or t2 != 0x01080202 or t3 != 0x01080301:
-            return False
+            return None
         if g0 == GENEVE_V4:
             if ver != 0x45 or total != length - 40 or frag & 0x3FFF:
-                return False  # options, a fragment, or lengths to check: the full path
-            available = total - 20
+                return None  # options, a fragment, or lengths to check: the full path
+            version, l4, available, icmp, echo = 4, start + 60, total - 20, PROTO_ICMP, _ECHO4
         elif g0 == GENEVE_V6:
-            (_, _, _, _, first, payload, proto, w0, w1, w2, tcp_off) = _V6.unpack_from(buf, start)
+            (_, _, _, _, first, payload, proto, w0, w1, w2, w3, tcp_off) = _V6.unpack_from(
+                buf, start
+            )
             if first >> 28 != 6 or payload != length - 80:
-                return False
-            available = payload
+                return None
+            version, l4, available, icmp, echo = 6, start + 80, payload, PROTO_ICMPV6, _ECHO6
+            if proto in _IPV6_EXTENSIONS:
+                return None
         else:
-            return False
+            return None
+        inner, end = start + 40, start + length
         if proto == PROTO_UDP:
-            watch = self.udp
             if w2 != available or available < 8:
-                return False
-            return watch is not ALL and w0 not in watch and w1 not in watch
+                return None
+            watch = self.udp
+            if watch is not ALL and w0 not in watch and w1 not in watch:
+                return True
+            return InnerPacket(
+                version, inner, end, proto, l4, _WHOLE, w0, w1, -1, -1, l4 + 8, False
+            )
         if proto == PROTO_TCP:
-            watch = self.tcp
             offset = (tcp_off >> 4) * 4
             if available < 20 or offset < 20 or offset > available:
-                return False
-            return watch is not ALL and w0 not in watch and w1 not in watch
-        if proto == PROTO_ICMP if g0 == GENEVE_V4 else proto == PROTO_ICMPV6:
-            watch = self.icmp if g0 == GENEVE_V4 else self.icmp6
-            return available >= 8 and watch is not ALL and (w0 >> 8) not in watch
-        if g0 == GENEVE_V6 and proto in _IPV6_EXTENSIONS:
-            return False
-        return not self.other and proto not in self.watch
+                return None
+            watch = self.tcp
+            if watch is not ALL and w0 not in watch and w1 not in watch:
+                return True
+            return InnerPacket(
+                version, inner, end, proto, l4, _WHOLE, w0, w1, -1, -1, l4 + offset, False
+            )
+        if proto == icmp:
+            if available < 8:
+                return None
+            kind = w0 >> 8
+            watch = self.icmp if version == 4 else self.icmp6
+            if watch is not ALL and kind not in watch:
+                return True
+            return InnerPacket(
+                version,
+                inner,
+                end,
+                proto,
+                l4,
+                _WHOLE,
+                -1,
+                -1,
+                kind,
+                w3 if kind in echo else -1,
+                l4 + 8,
+                False,
+            )
+        if not self.other and proto not in self.watch:
+            return True
+        return InnerPacket(version, inner, end, proto, l4, _WHOLE, -1, -1, -1, -1, l4, False)
 
 
 _IPV6_EXTENSIONS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})

@@ -28,7 +28,7 @@ from appliance.batchio import (
     SendBatch,
 )
 from appliance.counters import Counter
-from appliance.datapath import Outcome, decide_in_place
+from appliance.datapath import Outcome, decide_in_place, decide_parsed
 from appliance.errors import Reason
 from appliance.fastpath import FastPath
 from appliance.policy import Policy
@@ -73,6 +73,18 @@ class Worker:
         self._sockets = (data_socket, raw_socket)  # keep them open as long as we are
         self._rx = ReceiveBatch(batch_size)
         self._tx = SendBatch(self._rx)
+        # Per slot: index, where its result, sender and local address are, its slot and start.
+        self._slots = [
+            (
+                i,
+                i * MSG_BYTES + RESULT_OFFSET,
+                i * NAME_BYTES + 2,
+                i * CONTROL_BYTES + PKTINFO_OFFSET,
+                i * SLOT_BYTES,
+                i * SLOT_BYTES + HEADROOM,
+            )
+            for i in range(batch_size)
+        ]
         self._headers = ReplyHeaders()
         self.stopping = False
 
@@ -103,35 +115,34 @@ class Worker:
     def process(self, n: int) -> None:
         """Decide the n datagrams of the receive batch and queue the replies.
 
-        The hot loop: everything is a local, results are read with struct straight from the
-        kernel's buffers, and most packets are settled by the fast path's one or two struct reads.
+        The hot loop: everything is a local, each slot's offsets are precomputed, results are read
+        with struct straight from the kernel's buffers, and most packets are settled by the fast
+        path's one or two struct reads.
         """
-        rx, tx, c = self._rx, self._tx, self.counters
+        rx, c = self._rx, self.counters
         headers, names, control, arena = rx.headers, rx.names, rx.control, rx.arena
-        fast, decide, policy, sources = (
-            self._fast.passes,
-            decide_in_place,
-            self._policy,
-            self.sources,
-        )
-        header_for, add = self._headers.header, tx.add
+        classify, policy, sources = self._fast.classify, self._policy, self.sources
+        header_for, queue = self._headers.header, self._tx.add
         result, peer_of, local_of = RESULT.unpack_from, PEER.unpack_from, LOCAL.unpack_from
+        truncated, headroom = MSG_TRUNC, HEADROOM
         passed = rewritten = 0
-        for i in range(n):
-            flags, length = result(headers, i * MSG_BYTES + RESULT_OFFSET)
-            slot = i * SLOT_BYTES
-            start = slot + HEADROOM
-            if flags & MSG_TRUNC:
+        for i, at_result, at_name, at_local, slot, start in self._slots[:n]:
+            flags, length = result(headers, at_result)
+            if flags & truncated:
                 self._refuse(Outcome.MALFORMED, Reason.DATAGRAM_TOO_BIG)
                 continue
-            port, peer = peer_of(names, i * NAME_BYTES + 2)
+            port, peer = peer_of(names, at_name)
             if sources is not None and not sources(peer):
                 c[_DISALLOWED] += 1
                 continue
-            if fast(arena, start, length):
+            parsed = classify(arena, start, length)
+            if parsed is True:
                 passed += 1
             else:
-                outcome, detail, end = decide(arena, start, start + length, policy)
+                if parsed is None:
+                    outcome, detail, end = decide_in_place(arena, start, start + length, policy)
+                else:
+                    outcome, detail, end = decide_parsed(arena, parsed, policy)
                 if outcome is Outcome.PASS:
                     passed += 1
                 elif outcome is Outcome.REWRITE:
@@ -140,9 +151,8 @@ class Worker:
                 else:
                     self._refuse(outcome, detail)
                     continue
-            (local,) = local_of(control, i * CONTROL_BYTES + PKTINFO_OFFSET)
-            arena[slot:start] = header_for(peer, port, local, length)
-            add(i, HEADROOM + length)
+            arena[slot:start] = header_for(peer, port, local_of(control, at_local)[0], length)
+            queue(i, headroom + length)
         c[_RECEIVED] += n
         c[_BATCHES] += 1
         c[_PASSED] += passed

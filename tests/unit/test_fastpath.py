@@ -13,6 +13,8 @@ from scapy.packet import Raw, raw
 
 from appliance.datapath import Outcome, handle_datagram
 from appliance.fastpath import FastPath
+from appliance.geneve import check_geneve
+from appliance.inner import parse_inner
 from appliance.policy import Action, Match, Policy, Rule
 
 SLOT = 9216
@@ -46,16 +48,18 @@ def geneve(protocol: int) -> bytes:
 
 
 def agree(policy: Policy, datagram: bytes) -> bool:
-    """Assert the fast path is sound on this datagram; return whether it took it."""
+    """Assert the fast path is sound on this datagram; return whether it settled it alone."""
     buf = slot(datagram)
-    fast = FastPath(policy).passes(buf, START, len(datagram))
-    if fast:
-        assert handle_datagram(bytes(buf), START, START + len(datagram), policy) == (
-            Outcome.PASS,
-            -1,
-            None,
-        ), datagram.hex()
-    return fast
+    end = START + len(datagram)
+    found = FastPath(policy).classify(buf, START, len(datagram))
+    if found is True:
+        assert handle_datagram(bytes(buf), START, end, policy) == (Outcome.PASS, -1, None), (
+            datagram.hex()
+        )
+    elif found is not None:  # parsed: exactly as the full path parses it
+        inner, protocol = check_geneve(buf, START, end)
+        assert found == parse_inner(buf, inner, end, protocol), datagram.hex()
+    return found is True
 
 
 def test_common_pass_through_takes_the_fast_path(default_policy: Policy) -> None:
@@ -71,6 +75,20 @@ def test_common_pass_through_takes_the_fast_path(default_policy: Policy) -> None
     for inner in common:
         protocol = 0x86DD if isinstance(inner, IPv6) else 0x0800
         assert agree(default_policy, geneve(protocol) + raw(inner)), inner.summary()
+
+
+def test_the_usual_layout_comes_back_parsed_for_the_policy(default_policy: Policy) -> None:
+    v4 = {"src": "10.1.0.5", "dst": "10.2.0.9"}
+    for inner in (
+        IP(**v4) / UDP(sport=3000, dport=9) / Raw(b"weakly typed"),
+        IP(**v4) / ICMP(type=8, seq=10),
+        IPv6(src="fd00::5", dst="fd00::9") / UDP(sport=9, dport=3000),
+    ):
+        protocol = 0x86DD if isinstance(inner, IPv6) else 0x0800
+        datagram = geneve(protocol) + raw(inner)
+        found = FastPath(default_policy).classify(slot(datagram), START, len(datagram))
+        assert found is not None and found is not True, inner.summary()
+        assert not agree(default_policy, datagram)
 
 
 def test_what_a_rule_might_touch_takes_the_full_path(default_policy: Policy) -> None:
