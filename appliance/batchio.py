@@ -59,8 +59,10 @@ RESULT_OFFSET = _FLAGS_OFF
 NAME_BYTES = _NAME_BYTES
 CONTROL_BYTES = _CONTROL_BYTES
 PKTINFO_OFFSET = _PKTINFO_ADDR
+IOV_BYTES = _IOVSIZE
+IOV_LEN_OFFSET = _Iovec.iov_len.offset
 _IOVEC = struct.Struct("@PN")  # pointer, size_t
-_IOV_LEN = struct.Struct("@N")
+IOV_LEN = _IOV_LEN = struct.Struct("@N")
 _IOV_LEN_OFF = _Iovec.iov_len.offset
 RESULT = struct.Struct(f"=i{_Mmsghdr.msg_len.offset - _Msghdr.msg_flags.offset - 4}xI")
 PEER = struct.Struct("!HI")  # sockaddr_in port and address, at +2 of each name
@@ -175,13 +177,19 @@ class SendBatch:
     def add(self, i: int, length: int) -> None:
         """Queue slot i's reply: `length` bytes from the start of its headroom."""
         _IOV_LEN.pack_into(self._iovecs, i * _IOVSIZE + _IOV_LEN_OFF, length)
-        j = self.count
-        if j != i:
-            self._headers[j * _MSIZE : (j + 1) * _MSIZE] = self._pristine[
-                i * _MSIZE : (i + 1) * _MSIZE
-            ]
-            self._moved = True
-        self.count = j + 1
+        if self.count != i:
+            self.move(i, self.count)
+        self.count += 1
+
+    def move(self, i: int, j: int) -> None:
+        """Send slot i's reply as message j (an earlier datagram got no reply)."""
+        self._headers[j * _MSIZE : (j + 1) * _MSIZE] = self._pristine[i * _MSIZE : (i + 1) * _MSIZE]
+        self._moved = True
+
+    @property
+    def iovecs(self) -> bytearray:
+        """The iovec array: slot i's reply length is IOV_LEN at i * IOV_BYTES + IOV_LEN_OFFSET."""
+        return self._iovecs
 
     def flush(self, fd: int) -> tuple[int, list[int]]:
         """Send everything queued: (packets sent, errno of each packet that failed)."""

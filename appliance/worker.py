@@ -15,6 +15,9 @@ from appliance import counters as cnt
 from appliance.batchio import (
     CONTROL_BYTES,
     HEADROOM,
+    IOV_BYTES,
+    IOV_LEN,
+    IOV_LEN_OFFSET,
     LOCAL,
     MSG_BYTES,
     MSG_TRUNC,
@@ -73,13 +76,15 @@ class Worker:
         self._sockets = (data_socket, raw_socket)  # keep them open as long as we are
         self._rx = ReceiveBatch(batch_size)
         self._tx = SendBatch(self._rx)
-        # Per slot: index, where its result, sender and local address are, its slot and start.
+        # Per slot: index; where its result, sender, local address and reply length are; the
+        # slot's start and the datagram's.
         self._slots = [
             (
                 i,
                 i * MSG_BYTES + RESULT_OFFSET,
                 i * NAME_BYTES + 2,
                 i * CONTROL_BYTES + PKTINFO_OFFSET,
+                i * IOV_BYTES + IOV_LEN_OFFSET,
                 i * SLOT_BYTES,
                 i * SLOT_BYTES + HEADROOM,
             )
@@ -122,11 +127,13 @@ class Worker:
         rx, c = self._rx, self.counters
         headers, names, control, arena = rx.headers, rx.names, rx.control, rx.arena
         classify, policy, sources = self._fast.classify, self._policy, self.sources
-        header_for, queue = self._headers.header, self._tx.add
+        tx = self._tx
+        header_for, iovecs, set_length = self._headers.header, tx.iovecs, IOV_LEN.pack_into
+        queued = 0
         result, peer_of, local_of = RESULT.unpack_from, PEER.unpack_from, LOCAL.unpack_from
         truncated, headroom = MSG_TRUNC, HEADROOM
         passed = rewritten = 0
-        for i, at_result, at_name, at_local, slot, start in self._slots[:n]:
+        for i, at_result, at_name, at_local, at_length, slot, start in self._slots[:n]:
             flags, length = result(headers, at_result)
             if flags & truncated:
                 self._refuse(Outcome.MALFORMED, Reason.DATAGRAM_TOO_BIG)
@@ -152,7 +159,11 @@ class Worker:
                     self._refuse(outcome, detail)
                     continue
             arena[slot:start] = header_for(peer, port, local_of(control, at_local)[0], length)
-            queue(i, headroom + length)
+            set_length(iovecs, at_length, headroom + length)
+            if queued != i:
+                tx.move(i, queued)  # keep the messages contiguous after a dropped datagram
+            queued += 1
+        tx.count = queued
         c[_RECEIVED] += n
         c[_BATCHES] += 1
         c[_PASSED] += passed
