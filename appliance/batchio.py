@@ -51,9 +51,9 @@ class _Mmsghdr(ctypes.Structure):
 _MSIZE = ctypes.sizeof(_Mmsghdr)
 _IOVSIZE = ctypes.sizeof(_Iovec)
 _FLAGS_OFF = _Msghdr.msg_flags.offset
-# For loops that read results inline (the worker): message i's (flags, length) are RESULT at
-# i * MSG_BYTES + RESULT_OFFSET of `headers`; its sender is PEER at i * NAME_BYTES + 2 of `names`;
-# the address it was sent to is LOCAL at i * CONTROL_BYTES + PKTINFO_OFFSET of `control`.
+# Where the kernel puts things, for whoever lays out a batch by hand (the profiler): message i's
+# (flags, length) at i * MSG_BYTES + RESULT_OFFSET of `headers`, its sender's sockaddr_in at
+# i * NAME_BYTES of `names`, the address it was sent to at i * CONTROL_BYTES + PKTINFO_OFFSET.
 MSG_BYTES = _MSIZE
 RESULT_OFFSET = _FLAGS_OFF
 NAME_BYTES = _NAME_BYTES
@@ -64,9 +64,6 @@ IOV_LEN_OFFSET = _Iovec.iov_len.offset
 _IOVEC = struct.Struct("@PN")  # pointer, size_t
 IOV_LEN = _IOV_LEN = struct.Struct("@N")
 _IOV_LEN_OFF = _Iovec.iov_len.offset
-RESULT = struct.Struct(f"=i{_Mmsghdr.msg_len.offset - _Msghdr.msg_flags.offset - 4}xI")
-PEER = struct.Struct("!HI")  # sockaddr_in port and address, at +2 of each name
-LOCAL = struct.Struct("!I")  # in_pktinfo's ipi_addr
 
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
@@ -118,6 +115,29 @@ class ReceiveBatch:
         del msgs, hdr  # no exported views may outlive __init__ in Python's hands
         self._pristine = bytes(self.headers)
         self._headers_address = _address(self.headers)
+        # One struct per batch size reads a field of every message at once: a call per batch
+        # instead of one per datagram (the messages, names and controls are evenly spaced).
+        gap = _MSIZE - 12
+        self._results = [
+            struct.Struct("=i4xI" + f"{gap}xi4xI" * (k - 1)) for k in range(1, size + 1)
+        ]
+        self._peers = [struct.Struct("!" + "2xHI8x" * k) for k in range(1, size + 1)]
+        tail = _CONTROL_BYTES - _PKTINFO_ADDR - 4
+        self._locals = [
+            struct.Struct("!" + f"{_PKTINFO_ADDR}xI{tail}x" * k) for k in range(1, size + 1)
+        ]
+
+    def results(self, n: int) -> tuple[int, ...]:
+        """(msg_flags, length) of the first n datagrams, flattened: f0, len0, f1, len1, ..."""
+        return self._results[n - 1].unpack_from(self.headers, _FLAGS_OFF)
+
+    def senders(self, n: int) -> tuple[int, ...]:
+        """(port, IPv4 address) of the first n senders, flattened, as integers."""
+        return self._peers[n - 1].unpack_from(self.names, 0)
+
+    def destinations(self, n: int) -> tuple[int, ...]:
+        """The IPv4 address each of the first n datagrams was sent to (IP_PKTINFO), as integers."""
+        return self._locals[n - 1].unpack_from(self.control, 0)
 
     def receive(self, fd: int) -> int:
         """Wait (up to SO_RCVTIMEO) for datagrams; return how many arrived, 0 on timeout/EINTR."""
@@ -129,21 +149,6 @@ class ReceiveBatch:
         if code in (errno.EAGAIN, errno.EINTR):
             return 0
         raise OSError(code, f"recvmmsg: {errno.errorcode.get(code, code)}")
-
-    def result(self, i: int) -> tuple[int, int]:
-        """(msg_flags, length) of datagram i."""
-        flags, length = RESULT.unpack_from(self.headers, i * _MSIZE + _FLAGS_OFF)
-        return flags, length
-
-    def peer(self, i: int) -> bytes:
-        """The sender's UDP port and IPv4 address, network order (6 bytes)."""
-        at = i * _NAME_BYTES
-        return bytes(self.names[at + 2 : at + 8])
-
-    def local(self, i: int) -> bytes:
-        """The IPv4 address datagram i was sent to (4 bytes)."""
-        at = i * _CONTROL_BYTES + _PKTINFO_ADDR
-        return bytes(self.control[at : at + 4])
 
 
 class SendBatch:

@@ -13,19 +13,11 @@ from collections.abc import Callable
 
 from appliance import counters as cnt
 from appliance.batchio import (
-    CONTROL_BYTES,
     HEADROOM,
     IOV_BYTES,
     IOV_LEN,
     IOV_LEN_OFFSET,
-    LOCAL,
-    MSG_BYTES,
     MSG_TRUNC,
-    NAME_BYTES,
-    PEER,
-    PKTINFO_OFFSET,
-    RESULT,
-    RESULT_OFFSET,
     SLOT_BYTES,
     ReceiveBatch,
     SendBatch,
@@ -76,18 +68,9 @@ class Worker:
         self._sockets = (data_socket, raw_socket)  # keep them open as long as we are
         self._rx = ReceiveBatch(batch_size)
         self._tx = SendBatch(self._rx)
-        # Per slot: index; where its result, sender, local address and reply length are; the
-        # slot's start and the datagram's.
+        # Per slot: index, where its reply length goes, the slot's start and the datagram's.
         self._slots = [
-            (
-                i,
-                i * MSG_BYTES + RESULT_OFFSET,
-                i * NAME_BYTES + 2,
-                i * CONTROL_BYTES + PKTINFO_OFFSET,
-                i * IOV_BYTES + IOV_LEN_OFFSET,
-                i * SLOT_BYTES,
-                i * SLOT_BYTES + HEADROOM,
-            )
+            (i, i * IOV_BYTES + IOV_LEN_OFFSET, i * SLOT_BYTES, i * SLOT_BYTES + HEADROOM)
             for i in range(batch_size)
         ]
         self._headers = ReplyHeaders()
@@ -120,25 +103,25 @@ class Worker:
     def process(self, n: int) -> None:
         """Decide the n datagrams of the receive batch and queue the replies.
 
-        The hot loop: everything is a local, each slot's offsets are precomputed, results are read
-        with struct straight from the kernel's buffers, and most packets are settled by the fast
-        path's one or two struct reads.
+        The hot loop: everything is a local, each slot's offsets are precomputed, the kernel's
+        results for the whole batch are read with one struct call per field, and most packets
+        are settled by the fast path's one or two struct reads.
         """
         rx, c = self._rx, self.counters
-        headers, names, control, arena = rx.headers, rx.names, rx.control, rx.arena
+        arena = rx.arena
         classify, policy, sources = self._fast.classify, self._policy, self.sources
         tx = self._tx
         header_for, iovecs, set_length = self._headers.header, tx.iovecs, IOV_LEN.pack_into
         queued = 0
-        result, peer_of, local_of = RESULT.unpack_from, PEER.unpack_from, LOCAL.unpack_from
         truncated, headroom = MSG_TRUNC, HEADROOM
         passed = rewritten = 0
-        for i, at_result, at_name, at_local, at_length, slot, start in self._slots[:n]:
-            flags, length = result(headers, at_result)
+        results, senders = iter(rx.results(n)), iter(rx.senders(n))
+        for (i, at_length, slot, start), flags, length, port, peer, local in zip(
+            self._slots[:n], results, results, senders, senders, rx.destinations(n), strict=True
+        ):
             if flags & truncated:
                 self._refuse(Outcome.MALFORMED, Reason.DATAGRAM_TOO_BIG)
                 continue
-            port, peer = peer_of(names, at_name)
             if sources is not None and not sources(peer):
                 c[_DISALLOWED] += 1
                 continue
@@ -158,7 +141,7 @@ class Worker:
                 else:
                     self._refuse(outcome, detail)
                     continue
-            arena[slot:start] = header_for(peer, port, local_of(control, at_local)[0], length)
+            arena[slot:start] = header_for(peer, port, local, length)
             set_length(iovecs, at_length, headroom + length)
             if queued != i:
                 tx.move(i, queued)  # keep the messages contiguous after a dropped datagram
