@@ -9,7 +9,10 @@
  *       --mode latency: one packet every 1/--rate seconds (absolute-deadline sleeps).
  *     (--mode jitter sends nothing: it only sleeps like the latency sender and reports by how much
  *     each wake-up came late, the machine's own scheduling noise, to read latency tails against.
- *     --mode probe sends nothing either: only the health prober below runs, for --seconds.)
+ *     --mode probe sends nothing either: only the health prober below runs, for --seconds.
+ *     --mode probe-load sends nothing either: --probe-clients threads each send health probes back
+ *     to back (the next as soon as the last one is answered) to DST:--probe-port for --seconds, and
+ *     it reports their rate and latency percentiles: the health service under load.)
  *   - the receiver owns a UDP socket bound to SRC:6081 (where the appliance's replies go), counts
  *     every reply and validates it against the template it answers (below).
  *   - with --probe-rate R > 0, a prober sends R HTTP health probes per second (`GET /`, a new TCP
@@ -66,6 +69,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -108,6 +112,9 @@
 #define MAX_SAMPLES 3 /* hex dumps of invalid replies in the report */
 #define MAX_PROBES 4096
 #define PROBE_TIMEOUT_MS 1000
+#define MAX_LOAD_CLIENTS 256
+#define MAX_LOAD_PROBES 200000 /* probe-load: every probe's latency is kept, up to this many */
+#define LOAD_STACK (256 << 10) /* a probe-load client thread's stack (probe_once needs ~5 KiB) */
 
 static const char WEAK[] = "weakly typed";
 static const char STRONG[] = "strongly typed";
@@ -153,15 +160,15 @@ struct flow {
 };
 
 static struct {
-    int flood, jitter, probe_only, describe;
+    int flood, jitter, probe_only, probe_load, describe;
     const char *src, *dst;
-    int payload, which, flows, batch;
+    int payload, which, flows, batch, probe_clients;
     double seconds, rate, probe_rate;
     uint64_t max_packets;
     uint16_t base_port, probe_port;
     int rcvbuf;
-} opt = {1, 0, 0, 0, "10.77.200.1", "10.77.200.2", 64, CASE_PASS, 16, 64, 3.0, 10000.0, 0.0,
-         0, 50000, 80, 64 << 20};
+} opt = {1, 0, 0, 0, 0, "10.77.200.1", "10.77.200.2", 64, CASE_PASS, 16, 64, 50, 3.0, 10000.0,
+         0.0, 0, 50000, 80, 64 << 20};
 
 static struct slot mix[MAX_SLOTS];
 static int n_slots, copies;
@@ -195,6 +202,10 @@ static int n_samples;
 static uint64_t probes, probes_ok, probes_other, probes_failed;
 static int probe_last_status;
 static int64_t probe_lat[MAX_PROBES];
+
+/* Probe-load results (shared by the client threads). */
+static atomic_ullong load_next, load_ok, load_other, load_failed;
+static int64_t *load_lat; /* up to MAX_LOAD_PROBES latencies, ns */
 
 static int64_t now_ns(void)
 {
@@ -808,6 +819,29 @@ static void *prober(void *arg)
     return NULL;
 }
 
+/* --mode probe-load: one client; probes back to back until --seconds are over (a probe started
+ * before then finishes: at most 2 x PROBE_TIMEOUT_MS more) or MAX_LOAD_PROBES were started. */
+static void *load_client(void *arg)
+{
+    (void)arg;
+    int64_t deadline = t_start_ns + (int64_t)(opt.seconds * 1e9);
+    while (now_ns() < deadline) {
+        unsigned long long i = atomic_fetch_add(&load_next, 1);
+        if (i >= MAX_LOAD_PROBES)
+            break;
+        int64_t t0 = now_ns();
+        int status = probe_once();
+        load_lat[i] = now_ns() - t0;
+        if (status == 200)
+            atomic_fetch_add(&load_ok, 1);
+        else if (status < 0)
+            atomic_fetch_add(&load_failed, 1);
+        else
+            atomic_fetch_add(&load_other, 1);
+    }
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int cmp_i64(const void *a, const void *b)
@@ -826,11 +860,12 @@ static int64_t pct(double p) { return pct_of(rtts, n_rtts, p); }
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: gen [--mode flood|latency|jitter|probe] [--src IP] [--dst IP] [--payload N] "
-            "[--case pass|rewrite|mix]\n"
+            "usage: gen [--mode flood|latency|jitter|probe|probe-load] [--src IP] [--dst IP] "
+            "[--payload N] [--case pass|rewrite|mix]\n"
             "           [--flows N] [--batch N] [--seconds S] [--rate PPS] [--max-packets N] "
             "[--base-port P] [--rcvbuf BYTES]\n"
-            "           [--probe-rate PER_S] [--probe-port P] [--describe]\n");
+            "           [--probe-rate PER_S] [--probe-port P] [--probe-clients N] [--describe]\n"
+            "       gen --mode probe-load --dst IP --probe-port P --probe-clients N --seconds S\n");
     exit(2);
 }
 
@@ -841,7 +876,7 @@ static void parse_args(int argc, char **argv)
         {"case", 1, 0, 'c'}, {"flows", 1, 0, 'f'}, {"batch", 1, 0, 'b'}, {"seconds", 1, 0, 't'},
         {"rate", 1, 0, 'r'}, {"max-packets", 1, 0, 'n'}, {"base-port", 1, 0, 'P'},
         {"rcvbuf", 1, 0, 'R'}, {"probe-rate", 1, 0, 'H'}, {"probe-port", 1, 0, 'O'},
-        {"describe", 0, 0, 'D'}, {0, 0, 0, 0}};
+        {"describe", 0, 0, 'D'}, {"probe-clients", 1, 0, 'C'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
@@ -849,7 +884,9 @@ static void parse_args(int argc, char **argv)
             opt.flood = !strcmp(optarg, "flood");
             opt.jitter = !strcmp(optarg, "jitter");
             opt.probe_only = !strcmp(optarg, "probe");
-            if (!opt.flood && !opt.jitter && !opt.probe_only && strcmp(optarg, "latency"))
+            opt.probe_load = !strcmp(optarg, "probe-load");
+            if (!opt.flood && !opt.jitter && !opt.probe_only && !opt.probe_load
+                && strcmp(optarg, "latency"))
                 usage();
             break;
         case 's': opt.src = optarg; break;
@@ -875,6 +912,7 @@ static void parse_args(int argc, char **argv)
         case 'H': opt.probe_rate = atof(optarg); break;
         case 'O': opt.probe_port = (uint16_t)atoi(optarg); break;
         case 'D': opt.describe = 1; break;
+        case 'C': opt.probe_clients = atoi(optarg); break;
         default: usage();
         }
     }
@@ -882,7 +920,8 @@ static void parse_args(int argc, char **argv)
         || opt.flows > MAX_FLOWS || opt.batch < 1 || opt.batch > MAX_BATCH || !(opt.seconds > 0)
         || opt.seconds > MAX_SECONDS || !(opt.rate >= 1) || opt.rate > 1e6 || opt.rcvbuf < 0
         || opt.base_port < 1024 || opt.base_port > 65535 - MAX_FLOWS || opt.probe_rate < 0
-        || opt.probe_rate > 1000 || (opt.probe_only && !(opt.probe_rate > 0)) || !opt.probe_port)
+        || opt.probe_rate > 1000 || (opt.probe_only && !(opt.probe_rate > 0)) || !opt.probe_port
+        || opt.probe_clients < 1 || opt.probe_clients > MAX_LOAD_CLIENTS)
         usage();
     if (!inet_aton(opt.src, &src_addr) || !inet_aton(opt.dst, &dst_addr))
         usage();
@@ -941,6 +980,53 @@ static int run_probe_only(void)
     return 0;
 }
 
+/* --mode probe-load: --probe-clients threads probing back to back for --seconds. */
+static int run_probe_load(void)
+{
+    static pthread_t th[MAX_LOAD_CLIENTS];
+    pthread_attr_t attr;
+    load_lat = calloc(MAX_LOAD_PROBES, sizeof *load_lat);
+    if (!load_lat)
+        die("calloc");
+    if (pthread_attr_init(&attr) || pthread_attr_setstacksize(&attr, LOAD_STACK)) {
+        fprintf(stderr, "gen: pthread_attr failed\n");
+        return 1;
+    }
+    t_start_ns = now_ns();
+    int started = 0;
+    for (; started < opt.probe_clients; started++)
+        if (pthread_create(&th[started], &attr, load_client, NULL))
+            break;
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    int64_t t_end_ns = now_ns();
+    if (started < opt.probe_clients) {
+        fprintf(stderr, "gen: pthread_create failed after %d clients\n", started);
+        return 1;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double user_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    double sys_s = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    unsigned long long started_probes = atomic_load(&load_next);
+    unsigned long long n = started_probes > MAX_LOAD_PROBES ? MAX_LOAD_PROBES : started_probes;
+    qsort(load_lat, n, sizeof *load_lat, cmp_i64);
+    double wall_s = (double)(t_end_ns - t_start_ns) / 1e9;
+    printf("{\"mode\": \"probe-load\", \"clients\": %d, \"seconds\": %.3f, \"start_ns\": %lld, "
+           "\"end_ns\": %lld, \"wall_s\": %.6f, \"probes\": %llu, \"capped\": %s, "
+           "\"ok_200\": %llu, \"other_status\": %llu, \"failed\": %llu, \"probes_per_s\": %.1f, "
+           "\"p50_ms\": %.3f, \"p90_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, "
+           "\"client_user_s\": %.3f, \"client_sys_s\": %.3f}\n",
+           opt.probe_clients, opt.seconds, (long long)t_start_ns, (long long)t_end_ns, wall_s, n,
+           started_probes >= MAX_LOAD_PROBES ? "true" : "false",
+           (unsigned long long)atomic_load(&load_ok), (unsigned long long)atomic_load(&load_other),
+           (unsigned long long)atomic_load(&load_failed), wall_s > 0 ? (double)n / wall_s : 0.0,
+           (double)pct_of(load_lat, n, 0.50) / 1e6, (double)pct_of(load_lat, n, 0.90) / 1e6,
+           (double)pct_of(load_lat, n, 0.99) / 1e6, (double)(n ? load_lat[n - 1] : -1) / 1e6,
+           user_s, sys_s);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
@@ -956,6 +1042,8 @@ int main(int argc, char **argv)
     }
     if (opt.probe_only)
         return run_probe_only();
+    if (opt.probe_load)
+        return run_probe_load();
     build_templates();
     seen = calloc(opt.max_packets / 8 + 1, 1);
     rtts = opt.flood ? NULL : calloc(opt.max_packets, sizeof *rtts);
@@ -1052,8 +1140,9 @@ int main(int argc, char **argv)
            (unsigned long long)partial_sends, (unsigned long long)send_err[0],
            (unsigned long long)send_err[1], (unsigned long long)send_err[2],
            (unsigned long long)send_err[3]);
-    printf(" \"send_seconds\": %.6f, \"offered_pps\": %.1f,\n", send_s,
-           send_s > 0 ? (double)sent / send_s : 0.0);
+    printf(" \"send_seconds\": %.6f, \"offered_pps\": %.1f, \"first_tx_ns\": %lld, "
+           "\"last_tx_ns\": %lld,\n", send_s, send_s > 0 ? (double)sent / send_s : 0.0,
+           (long long)first_tx_ns, (long long)last_tx_ns);
     printf(" \"expected\": %llu, \"received\": %llu, \"valid\": %llu, \"invalid\": %llu, "
            "\"silent_templates\": %llu, \"late_stamps\": %llu, \"receive_seconds\": %.6f, "
            "\"returned_pps\": %.1f,\n",

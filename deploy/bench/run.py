@@ -13,8 +13,11 @@ alone):
 The headline is the mix (gen.c says what it holds), next to the generator's ceiling measured in the
 same run (gen flooding a sink that never answers). applianced runs as an operator runs it
 (--product-mode tree: supervisor, worker and the health service, probed over HTTP during every run)
-or as the data path alone (--product-mode worker). The generator runs on one CPU, the target on
-another (taskset). Nothing here imports the product: packets are built and checked by gen.c.
+or as the data path alone (--product-mode worker). With --health-load (tree mode) it also loads the
+health service with back-to-back probes from 50 concurrent clients on loopback and measures the
+probes' latency and the mix flood's rate and worker CPU with and without that load, in the same
+run. The generator runs on one CPU, the target on another (taskset). Nothing here imports the
+product: packets are built and checked by gen.c.
 Namespaces and processes are always torn down (by name and by PID), also on failure or Ctrl-C.
 """
 
@@ -49,6 +52,8 @@ MTU = 9001
 GENEVE_PORT = 6081
 LATENCY_RATE = 10_000
 HEALTH_PORT = 80
+LOOPBACK = "127.0.0.1"
+HEALTH_LOAD_PAYLOAD = 64
 PAYLOADS = (64, 1400)
 MIX = "mix"
 # The mix first (the headline), then the single cases kept from the first version of the bench.
@@ -376,16 +381,13 @@ class Target:
         return out
 
     def cpu(self) -> dict[int, tuple[int, int, int]]:
-        """Per process of the tree: (utime, stime) in clock ticks from /proc/PID/stat, and the
-        sum_exec_runtime in ns from /proc/PID/schedstat (-1 without schedstats)."""
+        """Per process of the tree: (utime, stime) in clock ticks from /proc/PID/stat (all its
+        threads), and the sum_exec_runtime in ns of its live threads (-1 without schedstats)."""
         out = {}
         for pid in self.tree():
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
-                try:
-                    ns = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    ns = -1
+                ns = _threads_runtime_ns(pid)
             except OSError:
                 continue  # exited meanwhile
             fields = stat.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state) of proc(5)
@@ -458,6 +460,22 @@ class Target:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _threads_runtime_ns(pid: int) -> int:
+    """The CPU time of a process's live threads, ns, from /proc/PID/task/TID/schedstat (-1 without
+    schedstats). /proc/PID/schedstat alone is the main thread's: it would miss the request threads
+    of the health service (gunicorn gthread). A thread that ended meanwhile is left out."""
+    total, seen = 0, False
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+            seen = True
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        except (OSError, ValueError, IndexError):
+            return -1
+    return total if seen else -1
 
 
 def _same_process(pid: int, start: int) -> bool:
@@ -880,6 +898,375 @@ def applianced_counters(applianced: str, runtime: Path) -> str:
     return json.dumps(total, separators=(",", ":"))[:900]
 
 
+# ---------------------------------------------------------------- health load
+
+
+class ProbeLoad:
+    """`gen --mode probe-load` in the appliance's namespace: `clients` threads probing the health
+    service at 127.0.0.1:80 back to back for `seconds`, pinned to `cpu`. A context manager: the
+    process is killed by its PID if it still runs when the block ends (`ip netns exec` and
+    `taskset` exec in place, so the PID is gen's own)."""
+
+    def __init__(self, gen: str, cpu: int, clients: int, seconds: float) -> None:
+        self.seconds = seconds
+        argv = [
+            gen,
+            "--mode",
+            "probe-load",
+            "--dst",
+            LOOPBACK,
+            "--probe-port",
+            str(HEALTH_PORT),
+            "--probe-clients",
+            str(clients),
+            "--seconds",
+            f"{seconds:g}",
+        ]
+        self.proc = subprocess.Popen(
+            in_ns(APP_NS, ["taskset", "-c", str(cpu), *argv]),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def __enter__(self) -> ProbeLoad:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.returncode is not None:
+            return  # collected by result()
+        if self.proc.poll() is None:
+            print(f"cleanup: SIGKILL to probe-load pid {self.proc.pid}", file=sys.stderr)
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.communicate(timeout=STOP_TIMEOUT_S)  # reaps it, closes the pipes
+
+    def result(self) -> dict[str, Any]:
+        """Its report, when it is done (every probe is bounded: at most 2 s after `seconds`)."""
+        try:
+            out, err = self.proc.communicate(timeout=self.seconds + 30)
+        except subprocess.TimeoutExpired as error:
+            raise BenchError(
+                f"gen --mode probe-load did not finish in {self.seconds + 30:g} s"
+            ) from error
+        if self.proc.returncode != 0:
+            raise BenchError(
+                f"gen --mode probe-load failed ({self.proc.returncode}): {err.strip()}"
+            )
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+
+def _usage_by_role(
+    target: Target,
+    before: dict[int, tuple[int, int, int]],
+    after: dict[int, tuple[int, int, int]],
+) -> dict[str, dict[str, int]]:
+    """CPU used per role of the tree between two `Target.cpu()` snapshots: clock ticks
+    (user+kernel) and schedstat ns (-1 without schedstats)."""
+    out: dict[str, dict[str, int]] = {}
+    for pid, (u, st, ns) in after.items():
+        u0, st0, ns0 = before.get(pid, (0, 0, 0))
+        acc = out.setdefault(target.roles.get(pid, "other"), {"ticks": 0, "ns": 0})
+        acc["ticks"] += u + st - u0 - st0
+        known = acc["ns"] >= 0 and ns >= 0 and ns0 >= 0 and ns >= ns0  # (a thread may end)
+        acc["ns"] = acc["ns"] + ns - ns0 if known else -1
+    return out
+
+
+def _pct_of_cpu(usage: dict[str, int], wall_ns: int) -> float | None:
+    """A role's CPU time as a share of one CPU over `wall_ns`, in %."""
+    if wall_ns <= 0:
+        return None
+    used_ns = usage["ns"] if usage["ns"] >= 0 else usage["ticks"] * 1e9 / CLK_TCK
+    return 100.0 * used_ns / wall_ns
+
+
+def probes_alone(
+    target: Target, gen: str, cpus: tuple[int, int], clients: int, seconds: float
+) -> dict[str, Any]:
+    """The probe load on its own: the health service's latency with no data-path traffic."""
+    cpu_before, stat_before, t0 = target.cpu(), cpu_times(), time.monotonic_ns()
+    with ProbeLoad(gen, cpus[0], clients, seconds) as load:
+        probes = load.result()
+    cpu_after, stat_after, t1 = target.cpu(), cpu_times(), time.monotonic_ns()
+    usage = _usage_by_role(target, cpu_before, cpu_after)
+    return {
+        "phase": "probes alone",
+        "probes": probes,
+        "cpu_pct_by_role": {r: _pct_of_cpu(u, t1 - t0) for r, u in sorted(usage.items())},
+        "gen_cpu": cpu_shares(stat_after, stat_before, cpus[0]),
+        "target_cpu": cpu_shares(stat_after, stat_before, cpus[1]),
+    }
+
+
+def flood_phase(
+    target: Target,
+    tools: dict[str, str],
+    cpus: tuple[int, int],
+    args: argparse.Namespace,
+    clients: int,
+) -> dict[str, Any]:
+    """The 64 B mix flood for --probe-seconds, without health probes at all (clients 0), or while
+    `clients` probe the health service back to back: the probe load and the flood start together
+    and last as long. The worker's CPU per packet is from schedstat ns when the kernel keeps it."""
+    seconds = args.probe_seconds
+    app_before, gen_before = ns_counters(APP_NS), ns_counters(GEN_NS)
+    cpu_before, stat_before, t0 = target.cpu(), cpu_times(), time.monotonic_ns()
+    with contextlib.ExitStack() as stack:
+        load = (
+            stack.enter_context(ProbeLoad(tools["gen"], cpus[0], clients, seconds))
+            if clients
+            else None
+        )
+        flood = run_gen(
+            tools["gen"],
+            cpus[0],
+            "flood",
+            HEALTH_LOAD_PAYLOAD,
+            MIX,
+            seconds,
+            args.flows,
+            int(seconds * args.max_pps),
+        )
+        probes = load.result() if load else None
+        cpu_after, stat_after, t1 = target.cpu(), cpu_times(), time.monotonic_ns()
+    app_after, gen_after = ns_counters(APP_NS), ns_counters(GEN_NS)
+    if not target.alive():
+        raise BenchError(f"{target.name} died during the health load:\n{target.tail()}")
+    kernel_app = delta(app_after, app_before)
+    handled = kernel_app.get("udp_in_datagrams", 0)
+    usage = _usage_by_role(target, cpu_before, cpu_after)
+    worker = usage.get("worker", {"ticks": 0, "ns": -1})
+    ticks_us = worker["ticks"] / CLK_TCK * 1e6 / handled if handled else None
+    ns_us = worker["ns"] / 1e3 / handled if handled and worker["ns"] >= 0 else None
+    overlap = None
+    if probes is not None and flood["last_tx_ns"] > flood["first_tx_ns"]:
+        start = max(probes["start_ns"], flood["first_tx_ns"])
+        end = min(probes["end_ns"], flood["last_tx_ns"])
+        overlap = 100.0 * max(0, end - start) / (flood["last_tx_ns"] - flood["first_tx_ns"])
+    row = {
+        "phase": f"{clients} clients probing" if clients else "no probes",
+        "probe_clients": clients,
+        "seconds": seconds,
+        "payload": HEALTH_LOAD_PAYLOAD,
+        "case": MIX,
+        "offered_pps": flood["offered_pps"],
+        "returned_pps": flood["returned_pps"],
+        "sent": flood["sent"],
+        "expected": flood["expected"],
+        "valid": flood["valid"],
+        "errors": flood["invalid"],
+        "errors_by_kind": {k: v for k, v in flood["errors"].items() if v},
+        "loss_pct": 100.0 * (1 - flood["valid"] / flood["expected"])
+        if flood["expected"]
+        else 100.0,
+        "handled": handled,
+        "kernel_app_ns": kernel_app,
+        "kernel_gen_ns": delta(gen_after, gen_before),
+        "kept_up": kept_up({"kernel_app_ns": kernel_app}),
+        "worker_cpu_us_per_pkt": ns_us if ns_us is not None else ticks_us,
+        "worker_cpu_us_per_pkt_ticks": ticks_us,
+        "worker_cpu_us_per_pkt_schedstat": ns_us,
+        "cpu_pct_by_role": {r: _pct_of_cpu(u, t1 - t0) for r, u in sorted(usage.items())},
+        "cpu_by_role": usage,
+        "wall_s": (t1 - t0) / 1e9,
+        "gen_cpu": cpu_shares(stat_after, stat_before, cpus[0]),
+        "target_cpu": cpu_shares(stat_after, stat_before, cpus[1]),
+        "probes": probes,
+        "probe_overlap_pct": overlap,
+        "flood": flood,
+    }
+    return row
+
+
+def health_load(
+    target: Target, tools: dict[str, str], cpus: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """--health-load: the probe load alone, then the 64 B mix flood without probes, then the same
+    flood while the probe load runs; one applianced, one run."""
+    clients, seconds = args.probe_clients, args.probe_seconds
+    alone = probes_alone(target, tools["gen"], cpus, clients, seconds)
+    p = alone["probes"]
+    print(
+        f"  health load  {clients} clients alone: {p['probes_per_s']:,.0f} probes/s, "
+        f"p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, non-200 {p['other_status']}, "
+        f"failed {p['failed']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    phases = []
+    for n in (0, clients):
+        row = flood_phase(target, tools, cpus, args, n)
+        phases.append(row)
+        print(
+            f"  health load  {HEALTH_LOAD_PAYLOAD} B mix, {row['phase']:18} offered "
+            f"{row['offered_pps']:>11,.0f} returned {row['returned_pps']:>9,.0f} pps, worker "
+            f"{fmt(row['worker_cpu_us_per_pkt'], 2)} us/pkt",
+            file=sys.stderr,
+            flush=True,
+        )
+    without, loaded = phases
+
+    def ratio(key: str) -> float | None:
+        a, b = without[key], loaded[key]
+        return b / a if a and b is not None else None
+
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "url": f"http://{LOOPBACK}:{HEALTH_PORT}/ in the appliance's namespace",
+        "client_cpu": cpus[0],
+        "probes_alone": alone,
+        "flood_without_probes": without,
+        "flood_with_probes": loaded,
+        "ratios_with_over_without": {
+            k: ratio(k) for k in ("returned_pps", "offered_pps", "worker_cpu_us_per_pkt")
+        },
+    }
+
+
+def health_load_report(h: dict[str, Any], cpus: tuple[int, int]) -> list[str]:
+    clients, seconds = h["clients"], h["seconds"]
+    alone, without, loaded = h["probes_alone"], h["flood_without_probes"], h["flood_with_probes"]
+    out = [
+        "",
+        f"HEALTH LOAD (--health-load): {clients} concurrent clients in the appliance's namespace, "
+        f"each sending GET http://{LOOPBACK}:{HEALTH_PORT}/ on a new TCP connection, the next as "
+        f"soon as the last is answered, for {seconds:g} s (gen --mode probe-load, C threads, "
+        f"pinned to CPU {cpus[0]} with the generator); the health service (gunicorn) runs on CPU "
+        f"{cpus[1]} with the worker and the supervisor.",
+        "Probes: latency = connect to the end of the response; client CPU = the probing "
+        f"process's user+kernel time, in % of CPU {cpus[0]} (its kernel time includes the "
+        "loopback delivery of its packets into the server's socket):",
+    ]
+    table = []
+    for name, phase in (
+        ("alone (no data-path traffic)", alone),
+        (f"during the {HEALTH_LOAD_PAYLOAD} B mix flood", loaded),
+    ):
+        p = phase["probes"]
+        client_pct = 100.0 * (p["client_user_s"] + p["client_sys_s"]) / p["wall_s"]
+        table.append(
+            [
+                name,
+                f"{p['probes']:,}",
+                fmt(p["probes_per_s"]),
+                f"{p['ok_200']:,}",
+                str(p["other_status"]),
+                str(p["failed"]),
+                fmt(p["p50_ms"], 2),
+                fmt(p["p99_ms"], 2),
+                fmt(p["max_ms"], 1),
+                fmt(client_pct, 0),
+                fmt(phase["cpu_pct_by_role"].get("health"), 0),
+            ]
+        )
+    out += _table(
+        [
+            "probes",
+            "sent",
+            "probes/s",
+            "200",
+            "non-200",
+            "failed",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "client CPU %",
+            f"health svc % of CPU {cpus[1]}",
+        ],
+        table,
+    )
+    out.append(
+        f"The data path: the {HEALTH_LOAD_PAYLOAD} B mix flood, {seconds:g} s, without any "
+        f"probe (not even the 10/s of the runs above), then with the {clients} clients probing "
+        "(started together with the flood, for as long). Worker CPU us/pkt from schedstat ns; "
+        "% columns: shares of one CPU from just before the flood to just after gen exited:"
+    )
+    table = []
+    for r in (without, loaded):
+        roles = r["cpu_pct_by_role"]
+        table.append(
+            [
+                r["phase"],
+                fmt(r["offered_pps"]),
+                fmt(r["returned_pps"]),
+                str(r["errors"]),
+                fmt(r["loss_pct"], 1),
+                f"{r['kernel_app_ns'].get('udp_rcvbuf_errors', 0):,}",
+                fmt(r["worker_cpu_us_per_pkt"], 2),
+                fmt(roles.get("worker"), 0),
+                fmt(roles.get("health"), 0),
+                fmt(roles.get("supervisor"), 0),
+                fmt(100 - r["gen_cpu"]["idle"], 0),
+                fmt(100 - r["target_cpu"]["idle"], 0),
+            ]
+        )
+    ratios = h["ratios_with_over_without"]
+
+    def x(key: str) -> str:
+        return "-" if ratios[key] is None else f"{ratios[key]:.3f}x"
+
+    table.append(
+        [
+            "with / without",
+            x("offered_pps"),
+            x("returned_pps"),
+            "",
+            "",
+            "",
+            x("worker_cpu_us_per_pkt"),
+        ]
+        + [""] * 5
+    )
+    out += _table(
+        [
+            "phase",
+            "gen offered pps",
+            "returned pps",
+            "errors",
+            "loss %",
+            "app rcvbuf ovf",
+            "worker us/pkt",
+            "worker %",
+            "health svc %",
+            "supervisor %",
+            f"CPU {cpus[0]} busy %",
+            f"CPU {cpus[1]} busy %",
+        ],
+        table,
+    )
+    notes = []
+    if loaded["probe_overlap_pct"] is not None:
+        notes.append(
+            f"the probes covered {loaded['probe_overlap_pct']:.1f}% of the loaded flood's send "
+            "window"
+        )
+    if without["kept_up"] or loaded["kept_up"]:
+        notes.append(
+            "applianced's socket did not overflow in "
+            + " and ".join(r["phase"] for r in (without, loaded) if r["kept_up"])
+            + ": there its returned rate is bounded by what gen offered, not by applianced"
+        )
+    else:
+        notes.append(
+            "applianced's socket overflowed in both phases: gen offered more than it handled, so "
+            "both returned rates are applianced's, not the generator's"
+        )
+    change = h["ratios_with_over_without"]["offered_pps"]
+    if change is not None:
+        notes.append(
+            f"gen offered {abs(change - 1) * 100:.1f}% {'less' if change < 1 else 'more'} with "
+            f"the probes (CPU {cpus[0]} also runs the clients and the loopback delivery of their "
+            "packets; gen's receiver validates fewer replies when fewer come back)"
+        )
+    out.append("Notes: " + "; ".join(notes) + ".")
+    return out
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -913,7 +1300,12 @@ def kept_up(row: dict[str, Any]) -> bool:
     return overflow <= 0.001 * (overflow + delivered)
 
 
-def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, Any]) -> str:
+def report(
+    facts: dict[str, Any],
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any],
+    health: dict[str, Any] | None = None,
+) -> str:
     base = {(r["payload"], r["case"]): r for r in rows if r["target"] == BASELINE}
     product = {(r["payload"], r["case"]): r for r in rows if r["target"] == PRODUCT}
     mix = facts["mix"]
@@ -1157,6 +1549,9 @@ def report(facts: dict[str, Any], rows: list[dict[str, Any]], extra: dict[str, A
             table,
         )
 
+    if health:
+        out += health_load_report(health, facts["cpus"])
+
     # ---- kernel counters
     out += [
         "",
@@ -1276,6 +1671,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10.0,
         help="health probes per second in tree mode (default 10)",
     )
+    p.add_argument(
+        "--health-load",
+        action="store_true",
+        help="tree mode: after the cases, load the health service with --probe-clients clients "
+        "probing http://127.0.0.1:80/ back to back (from the appliance's namespace, on the "
+        "generator's CPU): their latency alone, then the 64 B mix flood without and with them",
+    )
+    p.add_argument(
+        "--probe-clients",
+        type=int,
+        default=50,
+        help="concurrent probing clients for --health-load (default 50)",
+    )
+    p.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=3.0,
+        help="each --health-load phase: probes alone, flood alone, flood with probes (default 3)",
+    )
     p.add_argument("--mix-only", action="store_true", help="only the mix, not the single cases")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (binaries, logs)")
     args = p.parse_args(argv)
@@ -1287,6 +1701,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--seconds and --latency-seconds in (0, 30], --flows in [1, 64]")
     if not 0 < args.probe_rate <= 100:
         p.error("--probe-rate in (0, 100]")
+    if not (1 <= args.probe_clients <= 256 and 0 < args.probe_seconds <= 30):
+        p.error("--probe-clients in [1, 256], --probe-seconds in (0, 30]")
+    if args.health_load and (args.product_mode != "tree" or args.only == "reflector"):
+        p.error("--health-load needs applianced in --product-mode tree (the health service)")
     args.cases = [c for c in CASES if c[1] == MIX] if args.mix_only else CASES
     return args
 
@@ -1317,6 +1735,7 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Target] = []
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
+    health: dict[str, Any] = {}
     status = 0
     try:
         applianced = find_applianced(args.applianced)
@@ -1330,6 +1749,9 @@ def main(argv: list[str] | None = None) -> int:
             cpus=cpus,
             product_mode=args.product_mode,
             probe_rate=args.probe_rate,
+            health_load={"clients": args.probe_clients, "seconds": args.probe_seconds}
+            if args.health_load
+            else None,
         )
         facts["mix"] = describe_mix(tools["gen"])
         print(f"# {facts['gcc']}; namespaces {GEN_NS} / {APP_NS}; temp {work}", file=sys.stderr)
@@ -1358,7 +1780,9 @@ def main(argv: list[str] | None = None) -> int:
         processes: dict[str, list[str]] = {}
         facts["processes"] = processes
 
-        def product_counters(target: Target) -> None:
+        def product_finish(target: Target) -> None:
+            if args.health_load:
+                health.update(health_load(target, tools, cpus, args))
             extra["applianced counters"] = applianced_counters(applianced, work / "runtime")
 
         for name, argv, probe_rate, roles in targets:
@@ -1373,7 +1797,7 @@ def main(argv: list[str] | None = None) -> int:
                 processes,
                 probe_rate,
                 roles,
-                product_counters if name == PRODUCT else None,
+                product_finish if name == PRODUCT else None,
             )
             log = started[-1].tail(3).strip().splitlines()
             extra[f"{name} exit"] = f"code {started[-1].proc.returncode}; " + (
@@ -1382,12 +1806,16 @@ def main(argv: list[str] | None = None) -> int:
         stats = work / "runtime" / "stats.json"  # the first build's counters, written at exit
         if stats.exists():
             extra["applianced stats.json"] = json.dumps(json.loads(stats.read_text())["counters"])
-        text = report(facts, rows, extra)
+        text = report(facts, rows, extra, health or None)
         print(text)
         if args.json:
-            Path(args.json).write_text(
-                json.dumps({"facts": facts, "rows": rows, "exits": extra}, indent=1, default=str)
-            )
+            everything = {
+                "facts": facts,
+                "rows": rows,
+                "exits": extra,
+                "health_load": health or None,
+            }
+            Path(args.json).write_text(json.dumps(everything, indent=1, default=str))
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
         status = 130
