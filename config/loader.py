@@ -219,7 +219,9 @@ class _Reader:
 
     def health(self, data: dict[str, Any]) -> HealthConfig:
         where: Path_ = ("health",)
-        t = self.table(data, where, {"enabled", "bind", "port", "min_workers", "staleness_s"})
+        t = self.table(
+            data, where, {"enabled", "bind", "port", "min_workers", "staleness_s", "nice"}
+        )
         enabled = t.get("enabled", True)
         if not isinstance(enabled, bool):
             raise self.fail((*where, "enabled"), f"must be true or false, not {enabled!r}")
@@ -236,6 +238,7 @@ class _Reader:
             port=self.integer(t, (*where, "port"), 80, 1, 65535),
             min_workers=float(minimum),
             staleness_s=self.seconds(t, (*where, "staleness_s"), 3.0),
+            nice=self.integer(t, (*where, "nice"), 10, 0, 19),
         )
 
     def policy(self, data: dict[str, Any]) -> Policy:

@@ -29,6 +29,7 @@ class HealthConfig:
     port: int = 80
     min_workers: float = 1.0  # a count (>= 1) or a fraction of the workers (< 1)
     staleness_s: float = 3.0  # heartbeats older than this do not count as alive
+    nice: int = 10  # CPU priority below the workers': a probe flood must not slow the data path
 
 
 @dataclass(frozen=True)

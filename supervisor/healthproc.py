@@ -95,6 +95,10 @@ class HealthService:
         self.pid = os.posix_spawn(
             sys.executable, self.argv(), self.environment(), file_actions=actions
         )
+        try:  # before gunicorn forks its worker (it is still importing), which inherits it
+            os.setpriority(os.PRIO_PROCESS, self.pid, self.config.health.nice)
+        except OSError as error:
+            log.warning("health service: cannot set nice %d: %s", self.config.health.nice, error)
         self.pidfile.write_text(f"{self.pid}\n")
         self.state = "RUNNING"
         log.info("health service: gunicorn pid %d on %s", self.pid, self.bind)

@@ -126,3 +126,18 @@ def test_gunicorn_is_restarted_when_it_dies(testbed: Testbed, healthy: Appliance
     assert wait_until(lambda: healthy.health_pid() != old and answers(testbed, 200), 10.0, 0.05)
     _code, status = ctl(healthy.runtime, "status")
     assert status["health"]["restarts"] == 1
+
+
+def nice_of(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])  # field 19 of stat(5), counted after the command name
+
+
+def test_the_health_service_runs_below_the_workers_priority(
+    testbed: Testbed, healthy: Appliance
+) -> None:
+    master = healthy.health_pid()
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert children, "gunicorn has no worker process"
+    assert nice_of(master) == 10 and all(nice_of(int(pid)) == 10 for pid in children)
+    assert all(nice_of(pid) == 0 for pid in healthy.worker_pids())
