@@ -1,8 +1,12 @@
 """Rewriting an inner packet's payload, with every length and checksum fixed.
 
-The payload changes, so the transport checksum is recomputed in full (RFC 1071 with the
-pseudo-header); the IPv4 header checksum only sees its total length change, so it is updated
-incrementally (RFC 1624), which also keeps a sender's deliberately odd header as it was.
+Checksums are updated incrementally where that is exact (RFC 1624): the IPv4 header checksum sees
+only its total length change, and a UDP checksum sees the length (twice: header and
+pseudo-header) and the replaced bytes, as long as every replacement changes the length by an even
+number of bytes (so the rest of the payload keeps its 16-bit alignment). Beyond speed, this keeps
+the end-to-end property: a datagram that arrived with a wrong checksum leaves with one that is
+wrong by the same amount, instead of one we blessed. Anything else (an odd length change, ICMP,
+a zero UDP checksum over IPv6) is recomputed in full (RFC 1071 with the pseudo-header).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from appliance.inner import PROTO_ICMP, PROTO_UDP, InnerPacket
 MAX_INNER_BYTES = 8500  # GWLB's limit for the inner packet (DESIGN.md §1)
 _WORD = struct.Struct("!H")
 _TOTAL_AND_CHECKSUM = struct.Struct("!H6xH")  # IPv4 total length, then the header checksum
+_UDP_LENGTH_AND_CHECKSUM = struct.Struct("!HH")
 
 
 def rewrite_in_place(
@@ -27,7 +32,10 @@ def rewrite_in_place(
     """
     version, ip, end, protocol, l4, _, _, _, _, _, at, _ = pkt
     payload = buf[at:end]
+    delta: int | None = 0  # the change of the payload's sum, None when it cannot be tracked
     for find, replace in replacements:
+        if delta is not None:
+            delta = _sum_change(payload, find, replace, (at - l4) & 1, delta)
         payload = payload.replace(find, replace)
     new_end = at + len(payload)
     inner_len = new_end - ip
@@ -42,11 +50,39 @@ def rewrite_in_place(
     else:
         _WORD.pack_into(buf, ip + 4, inner_len - 40)
     if protocol == PROTO_UDP:
+        old_len, old_sum = _UDP_LENGTH_AND_CHECKSUM.unpack_from(buf, l4 + 4)
         _WORD.pack_into(buf, l4 + 4, l4_len)
-        if version == 4 and not (buf[l4 + 6] or buf[l4 + 7]):
+        if version == 4 and not old_sum:
             return new_end  # RFC 768: zero means "no checksum" over IPv4, and stays so
+        if delta is not None and old_sum:
+            # RFC 1624 eqn. 3 over every changed word: ~HC + ~m + m', summed, folded once.
+            total = (~old_sum & 0xFFFF) + 2 * (l4_len - old_len) + delta
+            _WORD.pack_into(buf, l4 + 6, udp_checksum_field(total % 0xFFFF or 0xFFFF))
+            return new_end
     _fix_transport_checksum(buf, ip, l4, l4_len, version, protocol)
     return new_end
+
+
+def _aligned_sum(data: bytes, odd: int) -> int:
+    """The 16-bit word sum of `data` placed at an even (odd=0) or odd (odd=1) offset."""
+    value = int.from_bytes(data, "big")
+    return value << 8 if (len(data) + odd) & 1 else value
+
+
+def _sum_change(
+    payload: bytearray, find: bytes, replace: bytes, parity: int, delta: int
+) -> int | None:
+    """`delta` plus the change of the payload's word sum when `find` becomes `replace` everywhere
+    (non-overlapping, left to right, as bytes.replace does); None when a replacement changes the
+    length by an odd number of bytes, which would shift the rest by one byte."""
+    if (len(replace) - len(find)) & 1:
+        return None
+    change = [_aligned_sum(replace, q) - _aligned_sum(find, q) for q in (0, 1)]
+    position = payload.find(find)
+    while position >= 0:  # bounded: each step moves past one occurrence
+        delta += change[(parity + position) & 1]
+        position = payload.find(find, position + len(find))
+    return delta
 
 
 def _fix_transport_checksum(

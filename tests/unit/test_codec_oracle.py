@@ -882,3 +882,56 @@ def test_pseudo_header_v6_equals_scapy(gwlb, length):
     for nh in (6, 17, 58):
         total = pseudo_header_sum_v6(src, dst, nh, len(segment)) + ones_sum(segment)
         assert finish(total) == in6_chksum(nh, pkt[UDP], segment)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_wrong_udp_checksum_stays_wrong_by_the_same_amount(gwlb, default_policy, version):
+    """End to end: a rewrite must not bless a datagram that arrived corrupted (RFC 1624 update)."""
+    build = gwlb.udp4 if version == 4 else gwlb.udp6
+    good = raw(build(b"so weakly typed, weakly typed!", sport=3000, dport=9))
+    l4 = 20 if version == 4 else 40
+    bad = bytearray(good)
+    bad[l4 + 6 : l4 + 8] = (int.from_bytes(good[l4 + 6 : l4 + 8], "big") ^ 0x0101).to_bytes(
+        2, "big"
+    )
+    results = []
+    for inner in (good, bytes(bad)):
+        outcome, _, out = handle_datagram(
+            gwlb.wrap(inner), 0, len(gwlb.wrap(inner)), default_policy
+        )
+        assert outcome is Outcome.REWRITE and out is not None
+        results.append(out[40:])
+    fixed, kept_bad = results
+    assert fixed[: l4 + 6] == kept_bad[: l4 + 6] and fixed[l4 + 8 :] == kept_bad[l4 + 8 :]
+    recomputed = IP(fixed) if version == 4 else IPv6(fixed)
+    del recomputed[UDP].chksum
+    assert raw(recomputed)[l4 + 6 : l4 + 8] == fixed[l4 + 6 : l4 + 8]  # the good one: scapy's
+    xor = int.from_bytes(fixed[l4 + 6 : l4 + 8], "big") ^ int.from_bytes(
+        kept_bad[l4 + 6 : l4 + 8], "big"
+    )
+    assert xor != 0  # the bad one is still wrong...
+    good_field = int.from_bytes(good[l4 + 6 : l4 + 8], "big")
+    bad_field = int.from_bytes(bad[l4 + 6 : l4 + 8], "big")
+    new_good = int.from_bytes(fixed[l4 + 6 : l4 + 8], "big")
+    new_bad = int.from_bytes(kept_bad[l4 + 6 : l4 + 8], "big")
+    # ...by the same one's-complement amount as it arrived.
+    assert (bad_field - good_field) % 0xFFFF == (new_bad - new_good) % 0xFFFF
+
+
+@pytest.mark.parametrize(("find", "replace"), [("ab", "xyz"), ("abc", "x"), ("ab", "abab")])
+@pytest.mark.parametrize("version", [4, 6])
+def test_odd_and_even_length_changes_at_odd_and_even_offsets(gwlb, version, find, replace):
+    """Incremental (even change) and full (odd change) UDP checksums both equal scapy's."""
+    policy = parse_config(
+        f'[[policy.rules]]\naction = "replace"\nmatch = {{ protocol = "udp", port = 7 }}\n'
+        f'find = "{find}"\nreplace = "{replace}"\n'
+    ).policy
+    build = gwlb.udp4 if version == 4 else gwlb.udp6
+    for prefix in (b"", b"-", b"--", b"---"):
+        payload = prefix + b"ab.abcab-ab" + prefix + b"zabc"
+        datagram = gwlb.wrap(build(payload, sport=7, dport=9))
+        outcome, _, out = handle_datagram(datagram, 0, len(datagram), policy)
+        assert outcome is Outcome.REWRITE and out is not None
+        inner = IP(out[40:]) if version == 4 else IPv6(out[40:])
+        assert inner[Raw].load == payload.replace(find.encode(), replace.encode())
+        assert raw(inner) == gwlb.recomputed(inner), (find, replace, prefix)
