@@ -76,6 +76,7 @@ class Policy:
     def __init__(self, rules: tuple[Rule, ...] | list[Rule] = ()) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         # Rules that can match each transport protocol, in order: most packets meet one or two.
+        self._drops = tuple(Decision(Verdict.DROP, i, ()) for i in range(len(self.rules)))
         self._compiled: tuple[tuple[_Compiled, ...], ...] = tuple(
             tuple(
                 _compile(i, r)
@@ -107,7 +108,7 @@ class Policy:
         ) = pkt
         if fragment == Fragment.LATER:
             return PASS_DECISION
-        replacements: list[tuple[bytes, bytes]] = []
+        replacements: list[tuple[bytes, bytes]] | None = None  # made only when a replace matches
         first_replace = -1
         for (
             index,
@@ -132,15 +133,15 @@ class Policy:
             ):
                 continue
             if action is Action.DROP:
-                return Decision(Verdict.DROP, index, ())
+                return self._drops[index]
             if action is Action.DROP_SEQ_MULTIPLE:
                 if icmp_seq >= 0 and icmp_seq % every == 0:
-                    return Decision(Verdict.DROP, index, ())
+                    return self._drops[index]
             elif action is Action.REPLACE:
                 if buf.find(find, payload, end) >= 0:
+                    if replacements is None:
+                        replacements, first_replace = [], index
                     replacements.append((find, replace))
-                    if first_replace < 0:
-                        first_replace = index
             else:  # PASS
                 break
         if not replacements:
