@@ -11,6 +11,7 @@ a zero UDP checksum over IPv6) is recomputed in full (RFC 1071 with the pseudo-h
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from appliance.checksum import adjust, finish, udp_checksum_field
@@ -69,15 +70,25 @@ def _aligned_sum(data: bytes, odd: int) -> int:
     return value << 8 if (len(data) + odd) & 1 else value
 
 
+@functools.lru_cache(maxsize=256)  # rules are few: each pair is worked out once
+def _word_changes(find: bytes, replace: bytes) -> tuple[int, int] | None:
+    """How the word sum changes when `find` becomes `replace` at an even or an odd offset; None
+    when the length changes by an odd number of bytes."""
+    if (len(replace) - len(find)) & 1:
+        return None
+    even, odd = (_aligned_sum(replace, q) - _aligned_sum(find, q) for q in (0, 1))
+    return even, odd
+
+
 def _sum_change(
     payload: bytearray, find: bytes, replace: bytes, parity: int, delta: int
 ) -> int | None:
     """`delta` plus the change of the payload's word sum when `find` becomes `replace` everywhere
     (non-overlapping, left to right, as bytes.replace does); None when a replacement changes the
     length by an odd number of bytes, which would shift the rest by one byte."""
-    if (len(replace) - len(find)) & 1:
+    change = _word_changes(find, replace)
+    if change is None:
         return None
-    change = [_aligned_sum(replace, q) - _aligned_sum(find, q) for q in (0, 1)]
     position = payload.find(find)
     while position >= 0:  # bounded: each step moves past one occurrence
         delta += change[(parity + position) & 1]
