@@ -62,8 +62,7 @@ PKTINFO_OFFSET = _PKTINFO_ADDR
 IOV_BYTES = _IOVSIZE
 IOV_LEN_OFFSET = _Iovec.iov_len.offset
 _IOVEC = struct.Struct("@PN")  # pointer, size_t
-IOV_LEN = _IOV_LEN = struct.Struct("@N")
-_IOV_LEN_OFF = _Iovec.iov_len.offset
+IOV_LEN = struct.Struct("@N")  # an iovec's length field, at IOV_LEN_OFFSET
 
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
@@ -156,8 +155,9 @@ class SendBatch:
 
     Reply i is slot i of the receive arena (the header written into its headroom) addressed to
     the sockaddr the datagram came from (a raw socket ignores the port). Message i points at
-    those once and for all, so queueing a reply only writes its length; when a datagram before it
-    was dropped, its 64-byte message is copied down to keep the array contiguous.
+    those once and for all, so queueing a reply only writes its length into `iovecs` and bumps
+    `count`; when a datagram before it got no reply, `move` copies its 64-byte message down to
+    keep the array contiguous.
     """
 
     def __init__(self, rx: ReceiveBatch) -> None:
@@ -178,13 +178,6 @@ class SendBatch:
         self._pristine = bytes(self._headers)
         self._moved = False
         self._headers_address = _address(self._headers)
-
-    def add(self, i: int, length: int) -> None:
-        """Queue slot i's reply: `length` bytes from the start of its headroom."""
-        _IOV_LEN.pack_into(self._iovecs, i * _IOVSIZE + _IOV_LEN_OFF, length)
-        if self.count != i:
-            self.move(i, self.count)
-        self.count += 1
 
     def move(self, i: int, j: int) -> None:
         """Send slot i's reply as message j (an earlier datagram got no reply)."""
