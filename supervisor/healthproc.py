@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ TITLE = b"[applianced: health]"  # gunicorn's title for us (health.gunicorn_conf
 def is_health_service(cmdline: bytes) -> bool:
     """Whether /proc/PID/cmdline is our gunicorn: as spawned, or as it renames itself."""
     return b"health.wsgi" in cmdline or TITLE in cmdline
+
+
+@contextlib.contextmanager
+def handle_closed(fd: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class HealthService:
@@ -83,12 +92,15 @@ class HealthService:
         if not is_health_service(cmdline):
             return  # the pid was reused by something else: not ours to stop
         log.info("stopping the health service pid %d left by a previous supervisor", pid)
-        with contextlib.suppress(ProcessLookupError):
+        try:
+            handle = os.pidfd_open(pid)  # not our child: a pidfd is how to wait for its exit
+        except ProcessLookupError:
+            return
+        with handle_closed(handle), contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                time.sleep(0.05)  # not our child: no wait() to block on
-            os.kill(pid, signal.SIGKILL)
+            exited, _, _ = select.select([handle], [], [], STOP_TIMEOUT_NS / 1e9)
+            if not exited:
+                os.kill(pid, signal.SIGKILL)
 
     def start(self, now_ns: int) -> None:
         actions = [(os.POSIX_SPAWN_DUP2, self.log_fd, 1), (os.POSIX_SPAWN_DUP2, self.log_fd, 2)]

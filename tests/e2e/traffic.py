@@ -62,27 +62,21 @@ class UdpStream:
                 self._stop.wait(delay)  # pacing, not synchronisation
 
     def _receive(self) -> None:
+        """Until stopped, or until everything sent has arrived once the sender is done."""
         deadline = time.monotonic() + self.limit / self.rate_pps + 60
-        while time.monotonic() < deadline:
+        sender = self._threads[0]
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if not sender.is_alive() and len(self.received) >= self.sent:
+                return
             try:
                 self.received.append(self.receiver.recv(65535))
             except TimeoutError:
-                if self._stop.is_set() or not self._threads[0].is_alive():
-                    if self.sent and len(self.received) >= self.sent:
-                        return
-                    if self._stop.is_set():
-                        return
-
-    def sending_done(self, timeout_s: float) -> bool:
-        self._threads[0].join(timeout_s)
-        return not self._threads[0].is_alive()
+                continue
 
     def finish(self, settle_s: float = 1.0) -> None:
-        """Wait for the sender, let stragglers arrive (up to settle_s), stop everything."""
+        """Wait for the sender, give stragglers up to settle_s to arrive, stop everything."""
         self._threads[0].join()
-        deadline = time.monotonic() + settle_s
-        while len(self.received) < self.sent and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self._threads[1].join(settle_s)  # returns as soon as the last datagram arrived
         self._stop.set()
         self._threads[1].join(5)
         for sock in (self.receiver, *self.senders):
