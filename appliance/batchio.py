@@ -112,7 +112,8 @@ class ReceiveBatch:
             hdr.msg_control = control + i * _CONTROL_BYTES
             hdr.msg_controllen = _CONTROL_BYTES
         del msgs, hdr  # no exported views may outlive __init__ in Python's hands
-        self._pristine = bytes(self.headers)
+        self._pristine = memoryview(bytes(self.headers))
+        self._dirty = 0  # bytes of `headers` the kernel may have changed since they were pristine
         self._headers_address = _address(self.headers)
         # One struct per batch size reads a field of every message at once: a call per batch
         # instead of one per datagram (the messages, names and controls are evenly spaced).
@@ -140,8 +141,13 @@ class ReceiveBatch:
 
     def receive(self, fd: int) -> int:
         """Wait (up to SO_RCVTIMEO) for datagrams; return how many arrived, 0 on timeout/EINTR."""
-        self.headers[:] = self._pristine  # the kernel overwrote name and control lengths
+        dirty = self._dirty  # the kernel overwrote the lengths of the messages it filled
+        if dirty:
+            self.headers[:dirty] = self._pristine[:dirty]
         count: int = _recvmmsg(fd, self._headers_address, self.size, MSG_WAITFORONE, None)
+        # Restoring only what the last call could touch (one message more, to be safe) keeps a
+        # large batch cheap when traffic is light.
+        self._dirty = min(max(count, 0) + 1, self.size) * _MSIZE
         if count >= 0:
             return count
         code = ctypes.get_errno()
@@ -175,14 +181,14 @@ class SendBatch:
             hdr.msg_iov = iovecs + i * _IOVSIZE
             hdr.msg_iovlen = 1
         del msgs, hdr
-        self._pristine = bytes(self._headers)
-        self._moved = False
+        self._pristine = memoryview(bytes(self._headers))
+        self._moved = 0  # messages up to here may hold another slot's message (see move)
         self._headers_address = _address(self._headers)
 
     def move(self, i: int, j: int) -> None:
         """Send slot i's reply as message j (an earlier datagram got no reply)."""
         self._headers[j * _MSIZE : (j + 1) * _MSIZE] = self._pristine[i * _MSIZE : (i + 1) * _MSIZE]
-        self._moved = True
+        self._moved = j + 1
 
     @property
     def iovecs(self) -> bytearray:
@@ -201,7 +207,8 @@ class SendBatch:
             else:
                 sent += done
                 position += done
-        if self._moved:
-            self._headers[:] = self._pristine
-            self._moved = False
+        moved = self._moved * _MSIZE
+        if moved:
+            self._headers[:moved] = self._pristine[:moved]
+            self._moved = 0
         return sent, failures

@@ -49,7 +49,7 @@ def decide_parsed(buf: bytearray, pkt: InnerPacket, policy: Policy) -> tuple[Out
         return _PASSED, -1, end
     if verdict is _DROP:
         return _DROPPED, rule, end
-    if verdict is Verdict.UNREWRITABLE:
+    if verdict is _UNREWRITABLE:
         return Outcome.UNREWRITABLE, rule, end
     new_end = rewrite_in_place(buf, pkt, replacements)
     if new_end is None:
@@ -58,7 +58,8 @@ def decide_parsed(buf: bytearray, pkt: InnerPacket, policy: Policy) -> tuple[Out
 
 
 # Module constants: an enum member lookup per packet costs more than the comparison it feeds.
-_PASS, _DROP, _PASSED, _DROPPED = Verdict.PASS, Verdict.DROP, Outcome.PASS, Outcome.DROP
+_PASS, _DROP, _UNREWRITABLE = Verdict.PASS, Verdict.DROP, Verdict.UNREWRITABLE
+_PASSED, _DROPPED = Outcome.PASS, Outcome.DROP
 
 
 def handle_datagram(

@@ -61,10 +61,15 @@ class Rule:
     every: int = 0  # drop_seq_multiple
 
 
+# A replacement as the rewrite needs it: find, replace, and how the payload's 16-bit word sum
+# changes per occurrence at an even or an odd offset (None: the length changes by an odd count).
+Replacement = tuple[bytes, bytes, tuple[int, int] | None]
+
+
 class Decision(NamedTuple):
     verdict: Verdict
     rule: int  # index of the deciding rule, -1 when none decided
-    replacements: tuple[tuple[bytes, bytes], ...]
+    replacements: tuple[Replacement, ...]
 
 
 PASS_DECISION = Decision(Verdict.PASS, -1, ())
@@ -75,8 +80,9 @@ class Policy:
 
     def __init__(self, rules: tuple[Rule, ...] | list[Rule] = ()) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
-        # Rules that can match each transport protocol, in order: most packets meet one or two.
+        # Every decision a single rule can make is made here once, not per packet.
         self._drops = tuple(Decision(Verdict.DROP, i, ()) for i in range(len(self.rules)))
+        # Rules that can match each transport protocol, in order: most packets meet one or two.
         self._compiled: tuple[tuple[_Compiled, ...], ...] = tuple(
             tuple(
                 _compile(i, r)
@@ -106,10 +112,9 @@ class Policy:
             payload,
             routed,
         ) = pkt
-        if fragment == Fragment.LATER:
+        if fragment == _LATER:
             return PASS_DECISION
-        replacements: list[tuple[bytes, bytes]] | None = None  # made only when a replace matches
-        first_replace = -1
+        rewrite: Decision | None = None  # the first matching replace's, extended by later ones
         for (
             index,
             action,
@@ -120,8 +125,8 @@ class Policy:
             icmp_types,
             contains,
             every,
-            find,
-            replace,
+            replacement,
+            alone,
         ) in self._compiled[protocol]:
             if (
                 (ip_version is not None and ip_version != version)
@@ -132,23 +137,49 @@ class Policy:
                 or (contains is not None and buf.find(contains, payload, end) < 0)
             ):
                 continue
-            if action is Action.DROP:
+            if action is _REPLACE:
+                if buf.find(replacement[0], payload, end) >= 0:
+                    if rewrite is None:
+                        rewrite = alone
+                    else:
+                        rewrite = Decision(
+                            _REWRITE, rewrite.rule, (*rewrite.replacements, replacement)
+                        )
+            elif action is _DROP:
                 return self._drops[index]
-            if action is Action.DROP_SEQ_MULTIPLE:
+            elif action is _DROP_SEQ_MULTIPLE:
                 if icmp_seq >= 0 and icmp_seq % every == 0:
                     return self._drops[index]
-            elif action is Action.REPLACE:
-                if buf.find(find, payload, end) >= 0:
-                    if replacements is None:
-                        replacements, first_replace = [], index
-                    replacements.append((find, replace))
             else:  # PASS
                 break
-        if not replacements:
+        if rewrite is None:
             return PASS_DECISION
-        if fragment != Fragment.NONE or routed or protocol not in REWRITABLE_PROTOCOLS:
-            return Decision(Verdict.UNREWRITABLE, first_replace, ())
-        return Decision(Verdict.REWRITE, first_replace, tuple(replacements))
+        if fragment != _WHOLE or routed or protocol not in REWRITABLE_PROTOCOLS:
+            return Decision(Verdict.UNREWRITABLE, rewrite.rule, ())
+        return rewrite
+
+
+# Module constants: an enum member lookup per packet costs more than the comparison it feeds.
+_LATER, _WHOLE, _REWRITE = Fragment.LATER, Fragment.NONE, Verdict.REWRITE
+_REPLACE, _DROP, _DROP_SEQ_MULTIPLE = Action.REPLACE, Action.DROP, Action.DROP_SEQ_MULTIPLE
+
+
+def word_changes(find: bytes, replace: bytes) -> tuple[int, int] | None:
+    """How a payload's 16-bit word sum changes when `find` becomes `replace` at an even or an
+    odd offset; None when the length changes by an odd number of bytes (the rest would shift by
+    one byte, so the rewrite sums the payload again instead)."""
+    if (len(replace) - len(find)) & 1:
+        return None
+    # Reduced modulo 0xFFFF (the sum's modulus), so the rewrite adds small integers.
+    even = (_aligned_sum(replace, 0) - _aligned_sum(find, 0)) % 0xFFFF
+    odd = (_aligned_sum(replace, 1) - _aligned_sum(find, 1)) % 0xFFFF
+    return even, odd
+
+
+def _aligned_sum(data: bytes, odd: int) -> int:
+    """The 16-bit word sum of `data` placed at an even (odd=0) or odd (odd=1) offset."""
+    value = int.from_bytes(data, "big")
+    return value << 8 if (len(data) + odd) & 1 else value
 
 
 _Compiled = tuple[
@@ -161,13 +192,14 @@ _Compiled = tuple[
     "frozenset[int] | None",
     "bytes | None",
     int,
-    bytes,
-    bytes,
+    Replacement,
+    Decision,
 ]
 
 
 def _compile(index: int, rule: Rule) -> _Compiled:
     m = rule.match
+    replacement = (rule.find, rule.replace, word_changes(rule.find, rule.replace))
     return (
         index,
         rule.action,
@@ -178,6 +210,6 @@ def _compile(index: int, rule: Rule) -> _Compiled:
         m.icmp_types,
         m.payload_contains,
         rule.every,
-        rule.find,
-        rule.replace,
+        replacement,
+        Decision(Verdict.REWRITE, index, (replacement,)),
     )

@@ -11,11 +11,11 @@ a zero UDP checksum over IPv6) is recomputed in full (RFC 1071 with the pseudo-h
 
 from __future__ import annotations
 
-import functools
 import struct
 
-from appliance.checksum import adjust, finish, udp_checksum_field
+from appliance.checksum import finish, udp_checksum_field
 from appliance.inner import PROTO_ICMP, PROTO_UDP, InnerPacket
+from appliance.policy import Replacement
 
 MAX_INNER_BYTES = 8500  # GWLB's limit for the inner packet (DESIGN.md §1)
 _WORD = struct.Struct("!H")
@@ -24,7 +24,7 @@ _UDP_LENGTH_AND_CHECKSUM = struct.Struct("!HH")
 
 
 def rewrite_in_place(
-    buf: bytearray, pkt: InnerPacket, replacements: tuple[tuple[bytes, bytes], ...]
+    buf: bytearray, pkt: InnerPacket, replacements: tuple[Replacement, ...]
 ) -> int | None:
     """Rewrite pkt's payload inside `buf`, fixing every length and checksum; the new end.
 
@@ -33,10 +33,17 @@ def rewrite_in_place(
     """
     version, ip, end, protocol, l4, _, _, _, _, _, at, _ = pkt
     payload = buf[at:end]
+    parity = (at - l4) & 1
     delta: int | None = 0  # the change of the payload's sum, None when it cannot be tracked
-    for find, replace in replacements:
-        if delta is not None:
-            delta = _sum_change(payload, find, replace, (at - l4) & 1, delta)
+    for find, replace, change in replacements:
+        if change is None:
+            delta = None
+        elif delta is not None:
+            # Non-overlapping, left to right, as bytes.replace does; each step passes one match.
+            position, step = payload.find(find), len(find)
+            while position >= 0:
+                delta += change[(parity + position) & 1]
+                position = payload.find(find, position + step)
         payload = payload.replace(find, replace)
     new_end = at + len(payload)
     inner_len = new_end - ip
@@ -45,55 +52,29 @@ def rewrite_in_place(
     buf[at:new_end] = payload  # as long as the slice: the exported buffer is never resized
     l4_len = new_end - l4
     if version == 4:
+        # RFC 1624 eqn. 3 for the one changed header word (the total length); the sum is never
+        # zero (the new length is not), so a zero modulo means 0xFFFF.
         old_total, old_sum = _TOTAL_AND_CHECKSUM.unpack_from(buf, ip + 2)
+        folded = ((~old_sum & 0xFFFF) + (~old_total & 0xFFFF) + inner_len) % 0xFFFF or 0xFFFF
         _WORD.pack_into(buf, ip + 2, inner_len)
-        _WORD.pack_into(buf, ip + 10, adjust(old_sum, old_total, inner_len))
+        _WORD.pack_into(buf, ip + 10, ~folded & 0xFFFF)
     else:
         _WORD.pack_into(buf, ip + 4, inner_len - 40)
     if protocol == PROTO_UDP:
         old_len, old_sum = _UDP_LENGTH_AND_CHECKSUM.unpack_from(buf, l4 + 4)
-        _WORD.pack_into(buf, l4 + 4, l4_len)
         if version == 4 and not old_sum:
+            _WORD.pack_into(buf, l4 + 4, l4_len)
             return new_end  # RFC 768: zero means "no checksum" over IPv4, and stays so
         if delta is not None and old_sum:
-            # RFC 1624 eqn. 3 over every changed word: ~HC + ~m + m', summed, folded once.
+            # RFC 1624 eqn. 3 over every changed word: ~HC + ~m + m', summed, folded once; the
+            # length counts twice (header and pseudo-header). A computed 0 is sent as 0xFFFF.
             total = (~old_sum & 0xFFFF) + 2 * (l4_len - old_len) + delta
-            _WORD.pack_into(buf, l4 + 6, udp_checksum_field(total % 0xFFFF or 0xFFFF))
+            checksum = ~(total % 0xFFFF or 0xFFFF) & 0xFFFF or 0xFFFF
+            _UDP_LENGTH_AND_CHECKSUM.pack_into(buf, l4 + 4, l4_len, checksum)
             return new_end
+        _WORD.pack_into(buf, l4 + 4, l4_len)
     _fix_transport_checksum(buf, ip, l4, l4_len, version, protocol)
     return new_end
-
-
-def _aligned_sum(data: bytes, odd: int) -> int:
-    """The 16-bit word sum of `data` placed at an even (odd=0) or odd (odd=1) offset."""
-    value = int.from_bytes(data, "big")
-    return value << 8 if (len(data) + odd) & 1 else value
-
-
-@functools.lru_cache(maxsize=256)  # rules are few: each pair is worked out once
-def _word_changes(find: bytes, replace: bytes) -> tuple[int, int] | None:
-    """How the word sum changes when `find` becomes `replace` at an even or an odd offset; None
-    when the length changes by an odd number of bytes."""
-    if (len(replace) - len(find)) & 1:
-        return None
-    even, odd = (_aligned_sum(replace, q) - _aligned_sum(find, q) for q in (0, 1))
-    return even, odd
-
-
-def _sum_change(
-    payload: bytearray, find: bytes, replace: bytes, parity: int, delta: int
-) -> int | None:
-    """`delta` plus the change of the payload's word sum when `find` becomes `replace` everywhere
-    (non-overlapping, left to right, as bytes.replace does); None when a replacement changes the
-    length by an odd number of bytes, which would shift the rest by one byte."""
-    change = _word_changes(find, replace)
-    if change is None:
-        return None
-    position = payload.find(find)
-    while position >= 0:  # bounded: each step moves past one occurrence
-        delta += change[(parity + position) & 1]
-        position = payload.find(find, position + len(find))
-    return delta
 
 
 def _fix_transport_checksum(

@@ -199,7 +199,7 @@ class _Reader:
             bind=self.address(t, (*where, "bind"), "0.0.0.0"),
             port=self.integer(t, (*where, "port"), 6081, 1, 65535),
             allow_sources=tuple(networks),
-            batch_size=self.integer(t, (*where, "batch_size"), 64, 1, 1024),
+            batch_size=self.integer(t, (*where, "batch_size"), 128, 1, 1024),
             receive_buffer_bytes=self.integer(
                 t, (*where, "receive_buffer_bytes"), 8 << 20, 1 << 16, 1 << 30
             ),

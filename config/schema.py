@@ -16,7 +16,7 @@ class DataPlaneConfig:
     bind: str = "0.0.0.0"
     port: int = 6081
     allow_sources: tuple[ipaddress.IPv4Network, ...] = ()  # empty: any source
-    batch_size: int = 64
+    batch_size: int = 128
     receive_buffer_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
     steering: str = "inner-flow"  # or "kernel": the kernel's reuseport hash of the outer header

@@ -118,7 +118,7 @@ class Bench:
             spent += time.process_time() - start
             tx.count = 0
             tx._headers[:] = tx._pristine
-            tx._moved = False
+            tx._moved = 0
         return spent / (batches * n)
 
 

@@ -60,7 +60,7 @@ def test_default_config_values():
     config = load_config(default_config_path())
     assert (config.dataplane.bind, config.dataplane.port) == ("0.0.0.0", 6081)
     assert config.dataplane.allow_sources == ()
-    assert config.dataplane.batch_size == 64
+    assert config.dataplane.batch_size == 128
     assert (config.health.bind, config.health.port) == ("0.0.0.0", 80)
     assert config.workers.count is None  # "auto": one per CPU
     assert config.runtime_dir == Path("/run/gwlb-appliance")

@@ -14,15 +14,18 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrRouting, frag
 from appliance.datapath import Outcome, handle_datagram
 from appliance.geneve import check_geneve
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, parse_inner
-from appliance.policy import Action, Decision, Match, Policy, Rule, Verdict
+from appliance.policy import Action, Match, Policy, Rule, Verdict
 
 GENEVE_LEN = 40
 
 
-def decide(gwlb, policy: Policy, inner) -> Decision:
+def decide(gwlb, policy: Policy, inner) -> tuple[object, ...]:
+    """The decision, with each replacement as its (find, replace) pair: the word-sum changes the
+    policy precomputes for the rewrite are checked against scapy by the rewrite's tests."""
     datagram = gwlb.wrap(inner)
     start, protocol = check_geneve(datagram, 0, len(datagram))
-    return policy.decide(datagram, parse_inner(datagram, start, len(datagram), protocol))
+    found = policy.decide(datagram, parse_inner(datagram, start, len(datagram), protocol))
+    return (found.verdict, found.rule, tuple((f, r) for f, r, _ in found.replacements))
 
 
 def drop(name="drop", **match) -> Rule:
