@@ -59,10 +59,8 @@ RESULT_OFFSET = _FLAGS_OFF
 NAME_BYTES = _NAME_BYTES
 CONTROL_BYTES = _CONTROL_BYTES
 PKTINFO_OFFSET = _PKTINFO_ADDR
-IOV_BYTES = _IOVSIZE
-IOV_LEN_OFFSET = _Iovec.iov_len.offset
 _IOVEC = struct.Struct("@PN")  # pointer, size_t
-IOV_LEN = struct.Struct("@N")  # an iovec's length field, at IOV_LEN_OFFSET
+_SIZE_T = ctypes.sizeof(ctypes.c_size_t)
 
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
@@ -161,7 +159,7 @@ class SendBatch:
 
     Reply i is slot i of the receive arena (the header written into its headroom) addressed to
     the sockaddr the datagram came from (a raw socket ignores the port). Message i points at
-    those once and for all, so queueing a reply only writes its length into `iovecs` and bumps
+    those once and for all, so queueing a reply only writes its length into `lengths` and bumps
     `count`; when a datagram before it got no reply, `move` copies its 64-byte message down to
     keep the array contiguous.
     """
@@ -171,7 +169,9 @@ class SendBatch:
         self.count = 0
         self._iovecs = bytearray(_IOVSIZE * size)
         self._headers = bytearray(_MSIZE * size)
-        iovecs, names = _address(self._iovecs), _address(rx.names)
+        iovecs, names = _address(self._iovecs), _address(rx.names)  # pinned: never resized
+        # size_t words ("N": typeshed lists only the fixed-size formats, hence the ignore)
+        self._lengths: memoryview = memoryview(self._iovecs).cast("N")  # type: ignore[call-overload]
         msgs = (_Mmsghdr * size).from_buffer(self._headers)
         for i in range(size):
             _IOVEC.pack_into(self._iovecs, i * _IOVSIZE, rx.arena_address + i * SLOT_BYTES, 0)
@@ -191,9 +191,14 @@ class SendBatch:
         self._moved = j + 1
 
     @property
-    def iovecs(self) -> bytearray:
-        """The iovec array: slot i's reply length is IOV_LEN at i * IOV_BYTES + IOV_LEN_OFFSET."""
-        return self._iovecs
+    def lengths(self) -> memoryview:
+        """The iovec array as size_t words: slot i's reply length is word `length_index(i)`.
+        A memoryview item store is the cheapest write Python has: no call, no struct."""
+        return self._lengths
+
+    @staticmethod
+    def length_index(i: int) -> int:
+        return (i * _IOVSIZE + _Iovec.iov_len.offset) // _SIZE_T
 
     def flush(self, fd: int) -> tuple[int, list[int]]:
         """Send everything queued: (packets sent, errno of each packet that failed)."""

@@ -91,22 +91,20 @@ class FastPath:
         )
         if t1 != 0x01080102 or t2 != 0x01080202 or t3 != 0x01080301:
             return None
+        # What a passing packet needs is checked first; the parse is built only when asked for.
         if g0 == GENEVE_V4:
             if ver != 0x45 or total != length - 40 or frag & 0x3FFF:
                 return None  # options, a fragment, or lengths to check: the full path
-            version, l4, available, icmp, echo = 4, start + 60, total - 20, PROTO_ICMP, _ECHO4
+            version, available, l4 = 4, total - 20, start + 60
         elif g0 == GENEVE_V6:
-            (_, _, _, _, first, payload, proto, w0, w1, w2, w3, tcp_off) = _V6.unpack_from(
+            (_, _, _, _, first, available, proto, w0, w1, w2, w3, tcp_off) = _V6.unpack_from(
                 buf, start
             )
-            if first >> 28 != 6 or payload != length - 80:
+            if first >> 28 != 6 or available != length - 80 or proto in _IPV6_EXTENSIONS:
                 return None
-            version, l4, available, icmp, echo = 6, start + 80, payload, PROTO_ICMPV6, _ECHO6
-            if proto in _IPV6_EXTENSIONS:
-                return None
+            version, l4 = 6, start + 80
         else:
             return None
-        inner, end = start + 40, start + length
         if proto == PROTO_UDP:
             if w2 != available or available < 8:
                 return None
@@ -114,7 +112,21 @@ class FastPath:
             if watch is not ALL and w0 not in watch and w1 not in watch:
                 return True
             return _new(
-                InnerPacket, (version, inner, end, proto, l4, _WHOLE, w0, w1, -1, -1, l4 + 8, False)
+                InnerPacket,
+                (
+                    version,
+                    start + 40,
+                    start + length,
+                    proto,
+                    l4,
+                    _WHOLE,
+                    w0,
+                    w1,
+                    -1,
+                    -1,
+                    l4 + 8,
+                    False,
+                ),
             )
         if proto == PROTO_TCP:
             offset = (tcp_off >> 4) * 4
@@ -125,28 +137,42 @@ class FastPath:
                 return True
             return _new(
                 InnerPacket,
-                (version, inner, end, proto, l4, _WHOLE, w0, w1, -1, -1, l4 + offset, False),
+                (
+                    version,
+                    start + 40,
+                    start + length,
+                    proto,
+                    l4,
+                    _WHOLE,
+                    w0,
+                    w1,
+                    -1,
+                    -1,
+                    l4 + offset,
+                    False,
+                ),
             )
-        if proto == icmp:
+        if proto == (PROTO_ICMP if version == 4 else PROTO_ICMPV6):
             if available < 8:
                 return None
             kind = w0 >> 8
             watch = self.icmp if version == 4 else self.icmp6
             if watch is not ALL and kind not in watch:
                 return True
+            echo = kind in (_ECHO4 if version == 4 else _ECHO6)
             return _new(
                 InnerPacket,
                 (
                     version,
-                    inner,
-                    end,
+                    start + 40,
+                    start + length,
                     proto,
                     l4,
                     _WHOLE,
                     -1,
                     -1,
                     kind,
-                    w3 if kind in echo else -1,
+                    w3 if echo else -1,
                     l4 + 8,
                     False,
                 ),
@@ -154,7 +180,8 @@ class FastPath:
         if not self.other and proto not in self.watch:
             return True
         return _new(
-            InnerPacket, (version, inner, end, proto, l4, _WHOLE, -1, -1, -1, -1, l4, False)
+            InnerPacket,
+            (version, start + 40, start + length, proto, l4, _WHOLE, -1, -1, -1, -1, l4, False),
         )
 
 

@@ -14,9 +14,6 @@ from collections.abc import Callable
 from appliance import counters as cnt
 from appliance.batchio import (
     HEADROOM,
-    IOV_BYTES,
-    IOV_LEN,
-    IOV_LEN_OFFSET,
     MSG_TRUNC,
     SLOT_BYTES,
     ReceiveBatch,
@@ -73,7 +70,7 @@ class Worker:
         self._tx = SendBatch(self._rx)
         # Per slot: index, where its reply length goes, the slot's start and the datagram's.
         self._slots = [
-            (i, i * IOV_BYTES + IOV_LEN_OFFSET, i * SLOT_BYTES, i * SLOT_BYTES + HEADROOM)
+            (i, SendBatch.length_index(i), i * SLOT_BYTES, i * SLOT_BYTES + HEADROOM)
             for i in range(batch_size)
         ]
         self._headers = ReplyHeaders()
@@ -114,14 +111,14 @@ class Worker:
         arena = rx.arena
         classify, policy, sources = self._fast.classify, self._policy, self.sources
         tx = self._tx
-        header_for, iovecs, set_length = self._headers.header, tx.iovecs, IOV_LEN.pack_into
+        header_for, lengths = self._headers.header, tx.lengths
         cached_header = self._headers.cached.get  # the usual case, without a Python-level call
         pass_, rewrite, drop = _PASS, _REWRITE, _DROP
         queued = 0
         truncated, headroom = MSG_TRUNC, HEADROOM
         passed = rewritten = 0
         results, senders = iter(rx.results(n)), iter(rx.senders(n))
-        for (i, at_length, slot, start), flags, length, port, peer, local in zip(
+        for (i, length_at, slot, start), flags, length, port, peer, local in zip(
             self._slots[:n], results, results, senders, senders, rx.destinations(n), strict=True
         ):
             if flags & truncated:
@@ -154,7 +151,7 @@ class Worker:
             if header is None:
                 header = header_for(peer, port, local, length)
             arena[slot:start] = header
-            set_length(iovecs, at_length, headroom + length)
+            lengths[length_at] = headroom + length
             if queued != i:
                 tx.move(i, queued)  # keep the messages contiguous after a dropped datagram
             queued += 1
