@@ -51,6 +51,7 @@ GEN_IP, APP_IP = "10.77.200.1", "10.77.200.2"
 MTU = 9001
 GENEVE_PORT = 6081
 LATENCY_RATE = 10_000
+RX_NAP_US = [100]  # gen --rx-nap-us, set from --rx-nap-us (a list: main sets it once)
 HEALTH_PORT = 80
 LOOPBACK = "127.0.0.1"
 HEALTH_LOAD_PAYLOAD = 64
@@ -555,6 +556,8 @@ def run_gen(
         f"{probe_rate:g}",
         "--probe-port",
         str(HEALTH_PORT),
+        "--rx-nap-us",
+        str(RX_NAP_US[0]),
     ]
     proc = subprocess.run(
         in_ns(GEN_NS, ["taskset", "-c", str(cpu), *argv]),
@@ -1318,6 +1321,12 @@ def report(
         f"# flood {facts['seconds']:g} s/case, {facts['flows']} flows (outer source ports), "
         f"sendmmsg batch 64; latency {facts['latency_seconds']:g} s at {LATENCY_RATE:,} pps; gen "
         f"on CPU {facts['cpus'][0]}, the target's processes on CPU {facts['cpus'][1]}",
+        f"# in a flood, gen's receiver naps {facts['rx_nap_us']} us after a partial batch "
+        + (
+            "(it is never asleep on its socket, so a reply wakes no one on the target's CPU)"
+            if facts["rx_nap_us"]
+            else "(0: it sleeps on its socket; each wakeup is charged to the target's CPU)"
+        ),
     ]
     for cpu, n in facts.get("noise", {}).items():
         out.append(
@@ -1409,11 +1418,15 @@ def report(
             parts.append("with replies to check it offered " + " and ".join(offered))
         if b and p and b["returned_pps"]:
             share = p["returned_pps"] / b["returned_pps"]
-            verdict = (
-                "not generator-bound: the harness carried more with the C reflector"
-                if share < 0.8
-                else "near the harness's ceiling: the generator may bound it"
-            )
+            if not kept_up(p):
+                verdict = (
+                    "not generator-bound: its socket overflowed, so it was offered more than it "
+                    "could take"
+                )
+            elif share < 0.8:
+                verdict = "not generator-bound: the harness carried more with the C reflector"
+            else:
+                verdict = "near the harness's ceiling: the generator may bound it"
             parts.append(f"applianced returned {100 * share:.1f}% of C: {verdict}")
         out.append(f"  {payload:>5} B: " + "; ".join(parts))
     if any(kept_up(r) for r in rows if r["case"] == MIX):
@@ -1690,6 +1703,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3.0,
         help="each --health-load phase: probes alone, flood alone, flood with probes (default 3)",
     )
+    p.add_argument(
+        "--rx-nap-us",
+        type=int,
+        default=100,
+        help="in a flood, gen's receiver naps this long after a partial batch instead of sleeping "
+        "on its socket, so replies do not wake it from the target's CPU (default 100; 0: it "
+        "sleeps on the socket, as before 2026-11-26: see README.md)",
+    )
     p.add_argument("--mix-only", action="store_true", help="only the mix, not the single cases")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (binaries, logs)")
     args = p.parse_args(argv)
@@ -1701,6 +1722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--seconds and --latency-seconds in (0, 30], --flows in [1, 64]")
     if not 0 < args.probe_rate <= 100:
         p.error("--probe-rate in (0, 100]")
+    if not 0 <= args.rx_nap_us <= 10_000:
+        p.error("--rx-nap-us in [0, 10000]")
     if not (1 <= args.probe_clients <= 256 and 0 < args.probe_seconds <= 30):
         p.error("--probe-clients in [1, 256], --probe-seconds in (0, 30]")
     if args.health_load and (args.product_mode != "tree" or args.only == "reflector"):
@@ -1740,7 +1763,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         applianced = find_applianced(args.applianced)
         tools = compile_tools(work)
+        RX_NAP_US[0] = args.rx_nap_us
         facts.update(
+            rx_nap_us=args.rx_nap_us,
             gcc=tools["gcc"],
             applianced=applianced,
             seconds=args.seconds,
