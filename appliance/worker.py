@@ -23,8 +23,9 @@ from appliance.counters import Counter
 from appliance.datapath import Outcome, decide_in_place, decide_parsed
 from appliance.errors import Reason
 from appliance.fastpath import FastPath
+from appliance.geneve import GENEVE_PORT
 from appliance.policy import Policy
-from appliance.reply import ReplyHeaders
+from appliance.reply import DONT_FRAGMENT, HEADER, TTL_PROTOCOL, VERSION_IHL_TOS
 from appliance.sources import SourceFilter
 
 _RULE_LAST = cnt.RULE_BASE + cnt.MAX_RULES - 1
@@ -73,7 +74,6 @@ class Worker:
             (i, SendBatch.length_index(i), i * SLOT_BYTES, i * SLOT_BYTES + HEADROOM)
             for i in range(batch_size)
         ]
-        self._headers = ReplyHeaders()
         self.stopping = False
 
     @property
@@ -111,8 +111,7 @@ class Worker:
         arena = rx.arena
         classify, policy, sources = self._fast.classify, self._policy, self.sources
         tx = self._tx
-        header_for, lengths = self._headers.header, tx.lengths
-        cached_header = self._headers.cached.get  # the usual case, without a Python-level call
+        write_header, lengths = HEADER.pack_into, tx.lengths  # reply.write_header, inlined
         pass_, rewrite, drop = _PASS, _REWRITE, _DROP
         queued = 0
         truncated, headroom = MSG_TRUNC, HEADROOM
@@ -147,10 +146,22 @@ class Worker:
                 else:
                     self._refuse(outcome, detail)
                     continue
-            header = cached_header((peer, port, local, length))
-            if header is None:
-                header = header_for(peer, port, local, length)
-            arena[slot:start] = header
+            write_header(
+                arena,
+                slot,
+                VERSION_IHL_TOS,
+                headroom + length,
+                0,
+                DONT_FRAGMENT,
+                TTL_PROTOCOL,
+                0,  # the kernel fills in the header checksum (reply.py)
+                local,
+                peer,
+                port,
+                GENEVE_PORT,
+                length + 8,
+                0,
+            )
             lengths[length_at] = headroom + length
             if queued != i:
                 tx.move(i, queued)  # keep the messages contiguous after a dropped datagram
