@@ -1657,7 +1657,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency-seconds",
         type=float,
         default=None,
-        help="paced latency run per case (default 2, 0.5 with --quick)",
+        help="paced latency run per case (default 4, 0.5 with --quick)",
     )
     p.add_argument("--quick", action="store_true", help="1 s floods, 0.5 s latency runs")
     p.add_argument("--flows", type=int, default=16, help="outer source ports (default 16)")
@@ -1717,7 +1717,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seconds is None:
         args.seconds = 1.0 if args.quick else 3.0
     if args.latency_seconds is None:
-        args.latency_seconds = 0.5 if args.quick else 2.0
+        args.latency_seconds = 0.5 if args.quick else 4.0
     if not (0 < args.seconds <= 30 and 0 < args.latency_seconds <= 30 and 1 <= args.flows <= 64):
         p.error("--seconds and --latency-seconds in (0, 30], --flows in [1, 64]")
     if not 0 < args.probe_rate <= 100:
