@@ -61,6 +61,11 @@ CONTROL_BYTES = _CONTROL_BYTES
 PKTINFO_OFFSET = _PKTINFO_ADDR
 _IOVEC = struct.Struct("@PN")  # pointer, size_t
 _SIZE_T = ctypes.sizeof(ctypes.c_size_t)
+# An mmsghdr as size_t words (pointers are size_t wide on Linux): its length and where its
+# msg_name and msg_iov pointers are.
+MSG_WORDS = _MSIZE // _SIZE_T
+NAME_WORD = _Msghdr.msg_name.offset // _SIZE_T
+IOV_WORD = _Msghdr.msg_iov.offset // _SIZE_T
 
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
@@ -160,8 +165,11 @@ class SendBatch:
     Reply i is slot i of the receive arena (the header written into its headroom) addressed to
     the sockaddr the datagram came from (a raw socket ignores the port). Message i points at
     those once and for all, so queueing a reply only writes its length into `lengths` and bumps
-    `count`; when a datagram before it got no reply, `move` copies its 64-byte message down to
-    keep the array contiguous.
+    `count`. When a datagram before it got no reply, message j must carry slot i's reply to keep
+    the array contiguous: the messages differ only in their msg_name and msg_iov pointers, so the
+    caller stores slot i's two pointers (`name_pointers[i]`, `iov_pointers[i]`) into message j's
+    words (`words[j * MSG_WORDS + NAME_WORD]`, `... + IOV_WORD`), two item stores instead of a
+    call, and sets `moved` to how many leading messages may have changed; `flush` restores them.
     """
 
     def __init__(self, rx: ReceiveBatch) -> None:
@@ -182,13 +190,11 @@ class SendBatch:
             hdr.msg_iovlen = 1
         del msgs, hdr
         self._pristine = memoryview(bytes(self._headers))
-        self._moved = 0  # messages up to here may hold another slot's message (see move)
+        self.moved = 0  # messages up to here may hold another slot's reply (see the class doc)
         self._headers_address = _address(self._headers)
-
-    def move(self, i: int, j: int) -> None:
-        """Send slot i's reply as message j (an earlier datagram got no reply)."""
-        self._headers[j * _MSIZE : (j + 1) * _MSIZE] = self._pristine[i * _MSIZE : (i + 1) * _MSIZE]
-        self._moved = j + 1
+        self.words: memoryview = memoryview(self._headers).cast("N")  # type: ignore[call-overload]
+        self.name_pointers = [self.words[i * MSG_WORDS + NAME_WORD] for i in range(size)]
+        self.iov_pointers = [self.words[i * MSG_WORDS + IOV_WORD] for i in range(size)]
 
     @property
     def lengths(self) -> memoryview:
@@ -212,8 +218,8 @@ class SendBatch:
             else:
                 sent += done
                 position += done
-        moved = self._moved * _MSIZE
+        moved = self.moved * _MSIZE
         if moved:
             self._headers[:moved] = self._pristine[:moved]
-            self._moved = 0
+            self.moved = 0
         return sent, failures

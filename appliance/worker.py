@@ -14,7 +14,10 @@ from collections.abc import Callable
 from appliance import counters as cnt
 from appliance.batchio import (
     HEADROOM,
+    IOV_WORD,
     MSG_TRUNC,
+    MSG_WORDS,
+    NAME_WORD,
     SLOT_BYTES,
     ReceiveBatch,
     SendBatch,
@@ -41,6 +44,7 @@ _RECEIVED, _SENT, _PASSED, _REWRITTEN, _DROPPED, _BATCHES, _DISALLOWED = (
 )
 _RULE_BASE, _MAX_RULES = cnt.RULE_BASE, cnt.MAX_RULES
 _PASS, _REWRITE, _DROP = Outcome.PASS, Outcome.REWRITE, Outcome.DROP
+_MSG_WORDS, _NAME_WORD, _IOV_WORD = MSG_WORDS, NAME_WORD, IOV_WORD
 
 
 def _no_heartbeat() -> None:
@@ -112,6 +116,7 @@ class Worker:
         classify, policy, sources = self._fast.classify, self._policy, self.sources
         tx = self._tx
         write_header, lengths = HEADER.pack_into, tx.lengths  # reply.write_header, inlined
+        words, name_pointers, iov_pointers = tx.words, tx.name_pointers, tx.iov_pointers
         pass_, rewrite, drop = _PASS, _REWRITE, _DROP
         queued = 0
         truncated, headroom = MSG_TRUNC, HEADROOM
@@ -163,10 +168,14 @@ class Worker:
                 0,
             )
             lengths[length_at] = headroom + length
-            if queued != i:
-                tx.move(i, queued)  # keep the messages contiguous after a dropped datagram
+            if queued != i:  # keep the messages contiguous after a dropped datagram (SendBatch)
+                at = queued * _MSG_WORDS
+                words[at + _NAME_WORD] = name_pointers[i]
+                words[at + _IOV_WORD] = iov_pointers[i]
             queued += 1
         tx.count = queued
+        if queued != n:
+            tx.moved = queued
         c[_RECEIVED] += n
         c[_BATCHES] += 1
         c[_PASSED] += passed
