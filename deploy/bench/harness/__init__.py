@@ -1,0 +1,1 @@
+"""The benchmark harness behind run.py, one module per job (see run.py)."""
