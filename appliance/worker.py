@@ -121,7 +121,10 @@ class Worker:
         queued = 0
         truncated, headroom = MSG_TRUNC, HEADROOM
         passed = rewritten = 0
-        results, senders = iter(rx.results(n)), iter(rx.senders(n))
+        sender_fields = rx.senders(n)
+        if sources is not None and all(map(sources, set(sender_fields[1::2]))):
+            sources = None  # every sender in the batch is allowed (the usual case): no check each
+        results, senders = iter(rx.results(n)), iter(sender_fields)
         for (i, length_at, slot, start), flags, length, port, peer, local in zip(
             self._slots[:n], results, results, senders, senders, rx.destinations(n), strict=True
         ):

@@ -218,6 +218,35 @@ def test_allow_list_drops_and_counts_other_sources(
     assert appliance.stop() == 0
 
 
+def test_allow_list_judges_each_sender_of_a_mixed_batch(
+    testbed: Testbed, peer: GwlbPeer, tmp_path: Path
+) -> None:
+    # The worker checks a batch's distinct senders once; one stranger among allowed senders must
+    # still be refused on its own, and its neighbours answered.
+    stranger_ip = "10.77.101.9"  # beside the GWLB node, on the same link
+    testbed.ip(testbed.ns_gwlb, "addr", "add", f"{stranger_ip}/32", "dev", "to-app1")
+    stranger = socket_in(testbed.ns_gwlb, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        stranger.bind((stranger_ip, SOURCE_PORT))
+        config = config_text(tmp_path / "run-app1", allow_sources=f'["{peer.gwlb_ip}/32"]')
+        appliance = Appliance(testbed, 1, tmp_path, config=config)
+        (worker,) = appliance.worker_pids()
+        os.kill(worker, signal.SIGSTOP)  # so that all three arrive in one recvmmsg batch
+        peer.send(gwlb_datagram(udp4(b"allowed 1")))
+        stranger.sendto(gwlb_datagram(udp4(b"stranger")), (peer.appliance_ip, 6081))
+        peer.send(gwlb_datagram(udp4(b"allowed 2")))
+        os.kill(worker, signal.SIGCONT)
+        replies = [check_outer(r, peer)[40:] for r in peer.replies(3, timeout_s=2.0)]
+        assert replies == [raw(udp4(b"allowed 1")), raw(udp4(b"allowed 2"))]
+        assert appliance.stop() == 0
+        counters = appliance.counters()
+        assert counters["batches"] == 1 and counters["received"] == 3
+        assert counters["disallowed_source"] == 1 and counters["sent"] == 2
+    finally:
+        stranger.close()
+        testbed.ip(testbed.ns_gwlb, "addr", "del", f"{stranger_ip}/32", "dev", "to-app1")
+
+
 def test_unbindable_address_or_port_is_a_boot_error(testbed: Testbed, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(config_text(tmp_path / "run", bind='"10.77.250.9"'))

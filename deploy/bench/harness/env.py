@@ -135,11 +135,15 @@ def compile_tools(work: Path) -> dict[str, str]:
 
 
 def write_config(work: Path, mode: str) -> Path:
-    """The shipped default config (the demo policy) with `[runtime] dir` set to our temp dir; in
-    worker mode also `[health] enabled = false` (the data path alone)."""
+    """The shipped default config (the demo policy) with `[runtime] dir` set to our temp dir and
+    the allow-list a fleet has (deploy/terraform sets it to the GWLB subnets): only the generator
+    may send; in worker mode also `[health] enabled = false` (the data path alone)."""
     runtime = work / "runtime"
     lines = (REPO / "config" / "default.toml").read_text(encoding="utf-8").splitlines()
-    wanted = {("[runtime]", "dir"): f'"{runtime}"'}
+    wanted = {
+        ("[runtime]", "dir"): f'"{runtime}"',
+        ("[dataplane]", "allow_sources"): f'["{GEN_IP}/32"]',
+    }
     if mode == "worker":
         wanted[("[health]", "enabled")] = "false"
     section, done, out = "", set(), []
@@ -157,10 +161,12 @@ def write_config(work: Path, mode: str) -> Path:
             out += ["", where, f"{key} = {value}"]
     text = "\n".join(out) + "\n"
     parsed = tomllib.loads(text)
-    if parsed["runtime"]["dir"] != str(runtime) or (
-        mode == "worker" and parsed["health"]["enabled"] is not False
+    if (
+        parsed["runtime"]["dir"] != str(runtime)
+        or parsed["dataplane"]["allow_sources"] != [f"{GEN_IP}/32"]
+        or (mode == "worker" and parsed["health"]["enabled"] is not False)
     ):
-        raise BenchError("could not set [runtime] dir / [health] enabled in the config copy")
+        raise BenchError("could not set [runtime] dir, allow_sources, [health] in the config copy")
     path = work / "applianced.toml"
     path.write_text(text, encoding="utf-8")
     return path
