@@ -220,7 +220,9 @@ class _Reader:
     def health(self, data: dict[str, Any]) -> HealthConfig:
         where: Path_ = ("health",)
         t = self.table(
-            data, where, {"enabled", "bind", "port", "min_workers", "staleness_s", "nice"}
+            data,
+            where,
+            {"enabled", "bind", "port", "min_workers", "staleness_s", "nice", "slice_us"},
         )
         enabled = t.get("enabled", True)
         if not isinstance(enabled, bool):
@@ -239,6 +241,7 @@ class _Reader:
             min_workers=float(minimum),
             staleness_s=self.seconds(t, (*where, "staleness_s"), 3.0),
             nice=self.integer(t, (*where, "nice"), 10, 0, 19),
+            slice_us=self.integer(t, (*where, "slice_us"), 100, 0, 100_000),
         )
 
     def policy(self, data: dict[str, Any]) -> Policy:

@@ -30,6 +30,7 @@ class HealthConfig:
     min_workers: float = 1.0  # a count (>= 1) or a fraction of the workers (< 1)
     staleness_s: float = 3.0  # heartbeats older than this do not count as alive
     nice: int = 10  # CPU priority below the workers': a probe flood must not slow the data path
+    slice_us: int = 100  # its time slice (Linux 6.12+), so a woken worker waits little: schedattr
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from config.schema import ApplianceConfig
+from supervisor.schedattr import set_priority
 
 PIDFILE = "health.pid"
 RESTART_BASE_NS = 500_000_000
@@ -107,10 +108,16 @@ class HealthService:
         self.pid = os.posix_spawn(
             sys.executable, self.argv(), self.environment(), file_actions=actions
         )
+        health = self.config.health
         try:  # before gunicorn forks its worker (it is still importing), which inherits it
-            os.setpriority(os.PRIO_PROCESS, self.pid, self.config.health.nice)
+            set_priority(self.pid, health.nice, health.slice_us)
         except OSError as error:
-            log.warning("health service: cannot set nice %d: %s", self.config.health.nice, error)
+            log.warning(
+                "health service: cannot set nice %d, slice %d us: %s",
+                health.nice,
+                health.slice_us,
+                error,
+            )
         self.pidfile.write_text(f"{self.pid}\n")
         self.state = "RUNNING"
         log.info("health service: gunicorn pid %d on %s", self.pid, self.bind)

@@ -128,6 +128,20 @@ def test_gunicorn_is_restarted_when_it_dies(testbed: Testbed, healthy: Appliance
     assert status["health"]["restarts"] == 1
 
 
+def slice_ns_of(task: str) -> int:
+    """se.slice from /proc/TASK/sched: the task's EEVDF time slice in ns."""
+    for line in Path(f"/proc/{task}/sched").read_text().splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    raise AssertionError(f"no se.slice in /proc/{task}/sched")
+
+
+def custom_slices_supported() -> bool:
+    """Linux 6.12 made sched_attr.sched_runtime a fair task's slice; older kernels ignore it."""
+    major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 12)
+
+
 def nice_of(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[16])  # field 19 of stat(5), counted after the command name
@@ -141,3 +155,10 @@ def test_the_health_service_runs_below_the_workers_priority(
     assert children, "gunicorn has no worker process"
     assert nice_of(master) == 10 and all(nice_of(int(pid)) == 10 for pid in children)
     assert all(nice_of(pid) == 0 for pid in healthy.worker_pids())
+    # The 100 us time slice (Linux 6.12+): on every thread of gunicorn's processes, including the
+    # request threads started after the supervisor set it; the workers keep the kernel's.
+    if custom_slices_supported():
+        for pid in (master, *map(int, children)):
+            for tid in Path(f"/proc/{pid}/task").iterdir():
+                assert slice_ns_of(f"{pid}/task/{tid.name}") == 100_000, (pid, tid.name)
+        assert all(slice_ns_of(str(pid)) != 100_000 for pid in healthy.worker_pids())

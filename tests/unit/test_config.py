@@ -62,6 +62,7 @@ def test_default_config_values():
     assert config.dataplane.allow_sources == ()
     assert config.dataplane.batch_size == 128
     assert (config.health.bind, config.health.port) == ("0.0.0.0", 80)
+    assert (config.health.nice, config.health.slice_us) == (10, 100)
     assert config.workers.count is None  # "auto": one per CPU
     assert config.runtime_dir == Path("/run/gwlb-appliance")
 
@@ -186,6 +187,13 @@ BROKEN = [
         "must be an integer from 1 to 65535, not 0",
     ),
     ("listen-port-string", '[health]\nport = "80"\n', "health.port", 'port = "80"', "not '80'"),
+    (
+        "health-slice-too-long",
+        "[health]\nslice_us = 200000\n",
+        "health.slice_us",
+        "slice_us = 200000",
+        "must be an integer from 0 to 100000, not 200000",
+    ),
     (
         "typo-in-table",
         "[dataplane]\nport = 6081\nbatch_sise = 32\n",
