@@ -115,7 +115,7 @@ class Worker:
         arena = rx.arena
         classify, policy, sources = self._fast.classify, self._policy, self.sources
         tx = self._tx
-        write_header, lengths = HEADER.pack_into, tx.lengths  # reply.write_header, inlined
+        write_header, lengths = HEADER.pack_into, tx.lengths  # reply.py: the header's layout
         words, name_pointers, iov_pointers = tx.words, tx.name_pointers, tx.iov_pointers
         pass_, rewrite, drop = _PASS, _REWRITE, _DROP
         queued = 0
