@@ -16,7 +16,9 @@ import errno
 import socket
 import struct
 
-HEADROOM = 28  # reply IPv4 + UDP header, written in front of the datagram
+from appliance.reply import HEADER_LEN
+
+HEADROOM = HEADER_LEN  # the reply's IPv4 + UDP header, written in front of the datagram
 MAX_DATAGRAM = 9001  # a jumbo-frame MTU's worth: never truncate what GWLB can send
 SLOT_BYTES = 9216  # HEADROOM + MAX_DATAGRAM, rounded up; a larger datagram comes back truncated
 MSG_WAITFORONE = 0x10000
@@ -87,9 +89,9 @@ def _address(buffer: bytearray) -> int:
 class ReceiveBatch:
     """Up to `size` datagrams per recvmmsg into a reusable arena.
 
-    After `receive()` returns n, datagram i is arena[slot(i) + HEADROOM : slot(i) + HEADROOM + len],
-    with `result(i)` giving (flags, length), `peer(i)` the sender's port and address as 6 raw bytes
-    and `local(i)` the 4-byte local address it was sent to (IP_PKTINFO).
+    After `receive()` returns n, datagram i is arena[i * SLOT_BYTES + HEADROOM :][:length], and
+    `results(n)`, `senders(n)` and `destinations(n)` read every datagram's (flags, length), sender
+    (port, address) and local address (IP_PKTINFO) with one struct call each.
     """
 
     def __init__(self, size: int) -> None:

@@ -105,10 +105,16 @@ class FastPath:
             version, l4 = 6, start + 80
         else:
             return None
-        if proto == PROTO_UDP:
-            if w2 != available or available < 8:
-                return None
-            watch = self.udp
+        if proto in _PORTED:
+            if proto == PROTO_UDP:
+                if w2 != available or available < 8:
+                    return None
+                watch, header = self.udp, 8
+            else:
+                header = (tcp_off >> 4) * 4  # the data offset
+                if available < 20 or header < 20 or header > available:
+                    return None
+                watch = self.tcp
             if watch is not ALL and w0 not in watch and w1 not in watch:
                 return True
             return _new(
@@ -124,31 +130,7 @@ class FastPath:
                     w1,
                     -1,
                     -1,
-                    l4 + 8,
-                    False,
-                ),
-            )
-        if proto == PROTO_TCP:
-            offset = (tcp_off >> 4) * 4
-            if available < 20 or offset < 20 or offset > available:
-                return None
-            watch = self.tcp
-            if watch is not ALL and w0 not in watch and w1 not in watch:
-                return True
-            return _new(
-                InnerPacket,
-                (
-                    version,
-                    start + 40,
-                    start + length,
-                    proto,
-                    l4,
-                    _WHOLE,
-                    w0,
-                    w1,
-                    -1,
-                    -1,
-                    l4 + offset,
+                    l4 + header,
                     False,
                 ),
             )
@@ -186,6 +168,7 @@ class FastPath:
 
 
 _IPV6_EXTENSIONS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})
+_PORTED = frozenset({PROTO_UDP, PROTO_TCP})  # transports whose rules may name ports
 
 
 def _ports(*sets: frozenset[int] | None) -> frozenset[int] | None:

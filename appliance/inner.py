@@ -155,37 +155,24 @@ def _transport(
     if fragment == Fragment.LATER:
         return InnerPacket(version, start, end, protocol, l4, fragment, -1, -1, -1, -1, l4, routed)
     available = end - l4
-    if protocol == PROTO_UDP:
-        if available < 8:
-            raise DecodeError("udp", l4, Reason.TRUNCATED, f"{available} bytes")
-        udp_len = int.from_bytes(buf[l4 + 4 : l4 + 6], "big")
-        # A whole datagram's UDP length must match; a first fragment's covers data still to come.
-        if (fragment == Fragment.NONE and udp_len != available) or udp_len < 8:
-            raise DecodeError("udp", l4 + 4, Reason.TRANSPORT_LENGTH, f"length {udp_len}")
+    if protocol in (PROTO_UDP, PROTO_TCP):
+        if protocol == PROTO_UDP:
+            if available < 8:
+                raise DecodeError("udp", l4, Reason.TRUNCATED, f"{available} bytes")
+            udp_len = int.from_bytes(buf[l4 + 4 : l4 + 6], "big")
+            # A whole datagram's UDP length must match; a first fragment's covers data to come.
+            if (fragment == Fragment.NONE and udp_len != available) or udp_len < 8:
+                raise DecodeError("udp", l4 + 4, Reason.TRANSPORT_LENGTH, f"length {udp_len}")
+            header = 8
+        else:
+            if available < 20:
+                raise DecodeError("tcp", l4, Reason.TRUNCATED, f"{available} bytes")
+            header = (buf[l4 + 12] >> 4) * 4  # the data offset
+            if header < 20 or header > available:
+                raise DecodeError("tcp", l4 + 12, Reason.TRANSPORT_LENGTH, f"offset {header}")
         sport, dport = _PORTS.unpack_from(buf, l4)
         return InnerPacket(
-            version, start, end, protocol, l4, fragment, sport, dport, -1, -1, l4 + 8, routed
-        )
-    if protocol == PROTO_TCP:
-        if available < 20:
-            raise DecodeError("tcp", l4, Reason.TRUNCATED, f"{available} bytes")
-        data_offset = (buf[l4 + 12] >> 4) * 4
-        if data_offset < 20 or data_offset > available:
-            raise DecodeError("tcp", l4 + 12, Reason.TRANSPORT_LENGTH, f"offset {data_offset}")
-        sport, dport = _PORTS.unpack_from(buf, l4)
-        return InnerPacket(
-            version,
-            start,
-            end,
-            protocol,
-            l4,
-            fragment,
-            sport,
-            dport,
-            -1,
-            -1,
-            l4 + data_offset,
-            routed,
+            version, start, end, protocol, l4, fragment, sport, dport, -1, -1, l4 + header, routed
         )
     if (protocol == PROTO_ICMP and version == 4) or (protocol == PROTO_ICMPV6 and version == 6):
         if available < 8:

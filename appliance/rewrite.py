@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from appliance.checksum import finish, udp_checksum_field
+from appliance.checksum import adjust, finish, udp_checksum_field
 from appliance.inner import PROTO_ICMP, PROTO_UDP, InnerPacket
 from appliance.policy import Replacement
 
@@ -52,12 +52,9 @@ def rewrite_in_place(
     buf[at:new_end] = payload  # as long as the slice: the exported buffer is never resized
     l4_len = new_end - l4
     if version == 4:
-        # RFC 1624 eqn. 3 for the one changed header word (the total length); the sum is never
-        # zero (the new length is not), so a zero modulo means 0xFFFF.
         old_total, old_sum = _TOTAL_AND_CHECKSUM.unpack_from(buf, ip + 2)
-        folded = ((~old_sum & 0xFFFF) + (~old_total & 0xFFFF) + inner_len) % 0xFFFF or 0xFFFF
         _WORD.pack_into(buf, ip + 2, inner_len)
-        _WORD.pack_into(buf, ip + 10, ~folded & 0xFFFF)
+        _WORD.pack_into(buf, ip + 10, adjust(old_sum, old_total, inner_len))
     else:
         _WORD.pack_into(buf, ip + 4, inner_len - 40)
     if protocol == PROTO_UDP:
@@ -67,9 +64,9 @@ def rewrite_in_place(
             return new_end  # RFC 768: zero means "no checksum" over IPv4, and stays so
         if delta is not None and old_sum:
             # RFC 1624 eqn. 3 over every changed word: ~HC + ~m + m', summed, folded once; the
-            # length counts twice (header and pseudo-header). A computed 0 is sent as 0xFFFF.
+            # length counts twice (header and pseudo-header).
             total = (~old_sum & 0xFFFF) + 2 * (l4_len - old_len) + delta
-            checksum = ~(total % 0xFFFF or 0xFFFF) & 0xFFFF or 0xFFFF
+            checksum = udp_checksum_field(total % 0xFFFF or 0xFFFF)
             _UDP_LENGTH_AND_CHECKSUM.pack_into(buf, l4 + 4, l4_len, checksum)
             return new_end
         _WORD.pack_into(buf, l4 + 4, l4_len)
