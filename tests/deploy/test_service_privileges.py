@@ -20,7 +20,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -221,7 +220,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             )
             proc.send_signal(signal.SIGTERM)
             result.exit_code = proc.wait(15)
-            time.sleep(0.05)
+            # A datagram is queued when sendmsg returns: once the daemon has exited, all it sent
+            # is there to drain.
             _drain_notifications(notify, result.notifications)
         finally:
             if proc.poll() is None:
