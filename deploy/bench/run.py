@@ -42,7 +42,6 @@ from harness.env import (
     GEN_NS,
     MIX,
     PRODUCT,
-    RX_NAP_US,
     BenchError,
     Netns,
     compile_tools,
@@ -176,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         applianced = find_applianced(args.applianced)
         tools = compile_tools(work)
-        RX_NAP_US[0] = args.rx_nap_us
         facts.update(
             rx_nap_us=args.rx_nap_us,
             gcc=tools["gcc"],

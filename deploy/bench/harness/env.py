@@ -23,7 +23,6 @@ GEN_IP, APP_IP = "10.77.200.1", "10.77.200.2"
 MTU = 9001
 GENEVE_PORT = 6081
 LATENCY_RATE = 10_000
-RX_NAP_US = [100]  # gen --rx-nap-us, set from --rx-nap-us (a list: main sets it once)
 HEALTH_PORT = 80
 LOOPBACK = "127.0.0.1"
 HEALTH_LOAD_PAYLOAD = 64

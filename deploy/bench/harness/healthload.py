@@ -161,6 +161,7 @@ def flood_phase(
             seconds,
             args.flows,
             int(seconds * args.max_pps),
+            rx_nap_us=args.rx_nap_us,
         )
         probes = load.result() if load else None
         cpu_after, stat_after, t1 = target.cpu(), cpu_times(), time.monotonic_ns()

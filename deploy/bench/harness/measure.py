@@ -57,6 +57,7 @@ def measure(
         args.flows,
         int(args.seconds * args.max_pps),
         probe_rate,
+        rx_nap_us=args.rx_nap_us,
     )
     cpu_after, stat_after = target.cpu(), cpu_times()
     app_after, gen_after = ns_counters(APP_NS), ns_counters(GEN_NS)
@@ -70,6 +71,7 @@ def measure(
         args.flows,
         int(args.latency_seconds * LATENCY_RATE) + 1,
         probe_rate,
+        rx_nap_us=args.rx_nap_us,
     )
     if not target.alive():
         raise BenchError(f"{target.name} died during {payload} B {case}:\n{target.tail()}")
@@ -224,7 +226,16 @@ def bench_target(
         # (applianced's supervisor).
         for _ in range(20):
             warm = run_gen(
-                tools["gen"], cpus[0], "flood", 64, MIX, 0.3, args.flows, 100_000, probe_rate
+                tools["gen"],
+                cpus[0],
+                "flood",
+                64,
+                MIX,
+                0.3,
+                args.flows,
+                100_000,
+                probe_rate,
+                rx_nap_us=args.rx_nap_us,
             )
             if warm["received"] or not target.alive():
                 break
@@ -275,6 +286,7 @@ def generator_ceiling(
                 args.seconds,
                 args.flows,
                 int(args.seconds * args.max_pps),
+                rx_nap_us=args.rx_nap_us,
             )
             out[payload] = {
                 "offered_pps": flood["offered_pps"],

@@ -24,7 +24,6 @@ from harness.env import (
     MIX,
     PRODUCT,
     READY_TIMEOUT_S,
-    RX_NAP_US,
     STOP_TIMEOUT_S,
     BenchError,
     cpu_shares,
@@ -248,6 +247,8 @@ def run_gen(
     flows: int,
     max_packets: int,
     probe_rate: float = 0.0,
+    *,
+    rx_nap_us: int,
 ) -> dict[str, Any]:
     argv = [
         gen,
@@ -274,7 +275,7 @@ def run_gen(
         "--probe-port",
         str(HEALTH_PORT),
         "--rx-nap-us",
-        str(RX_NAP_US[0]),
+        str(rx_nap_us),
     ]
     proc = subprocess.run(
         in_ns(GEN_NS, ["taskset", "-c", str(cpu), *argv]),
