@@ -85,15 +85,20 @@ class FastPath:
         self, buf: bytearray, start: int, length: int
     ) -> Literal[True] | InnerPacket | None:
         """True: passes untouched. An InnerPacket: the usual layout, parsed; ask the policy.
-        None: anything else; take the full path. `buf` must hold 73 bytes from `start`."""
+        None: anything else; take the full path. `buf` must hold 93 bytes from `start` (the
+        receive slot does); nothing past `start + length` decides anything."""
         (g0, t1, t2, t3, ver, total, frag, proto, w0, w1, w2, w3, tcp_off) = _V4.unpack_from(
             buf, start
         )
         if t1 != 0x01080102 or t2 != 0x01080202 or t3 != 0x01080301:
             return None
         # What a passing packet needs is checked first; the parse is built only when asked for.
+        # Every field is read from the slot whether or not the datagram reaches it; a field past
+        # `length` holds an earlier datagram's bytes, so each is used only once a length check
+        # proves it lies inside: the total length below (IPv4 at least 20, IPv6 40 by
+        # construction) and `available` per transport.
         if g0 == GENEVE_V4:
-            if ver != 0x45 or total != length - 40 or frag & 0x3FFF:
+            if ver != 0x45 or total != length - 40 or total < 20 or frag & 0x3FFF:
                 return None  # options, a fragment, or lengths to check: the full path
             version, available, l4 = 4, total - 20, start + 60
         elif g0 == GENEVE_V6:
