@@ -6,6 +6,7 @@ and every error names the file, the key path, the line where we can find it, and
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import re
 import tomllib
@@ -16,6 +17,7 @@ from typing import Any
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from appliance.policy import REWRITABLE_PROTOCOLS, Action, Match, Policy, Rule
 from config.errors import ConfigError
+from config.runtimedir import default_runtime_dir
 from config.schema import (
     ApplianceConfig,
     ControlConfig,
@@ -103,7 +105,7 @@ class _Reader:
             interface=self.interface(data),
             workers=self.workers(data),
             control=self.control(data),
-            runtime_dir=self.path(runtime, ("runtime", "dir"), "/run/gwlb-appliance"),
+            runtime_dir=self.path(runtime, ("runtime", "dir"), str(default_runtime_dir())),
             policy=self.policy(data),
         )
 
@@ -126,7 +128,7 @@ class _Reader:
     def interface(self, data: dict[str, Any]) -> InterfaceConfig:
         where: Path_ = ("interface",)
         t = self.table(data, where, {"manage", "name", "mtu", "rp_filter", "rmem_bytes"})
-        manage = t.get("manage", True)
+        manage = t.get("manage", False)
         if not isinstance(manage, bool):
             raise self.fail((*where, "manage"), f"must be true or false, not {manage!r}")
         name = t.get("name")
@@ -165,6 +167,15 @@ class _Reader:
         group = t.get("group")
         if group is not None and (not isinstance(group, str) or not group):
             raise self.fail((*where, "group"), "must be a group name")
+        if group is not None:
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise self.fail(
+                    (*where, "group"),
+                    f"no group {group!r} on this host: create it (groupadd {group}) or remove "
+                    "the key",
+                ) from None
         socket = t.get("socket")
         return ControlConfig(
             socket=None if socket is None else self.path(t, (*where, "socket"), ""),

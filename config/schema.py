@@ -1,4 +1,9 @@
-"""The appliance's configuration as typed, immutable values (what the loader produces)."""
+"""The appliance's configuration as typed, immutable values (what the loader produces).
+
+Each key says how a reload treats it: the fields marked `LIVE` are applied by `reload` (SIGHUP)
+in every worker between two batches; every other key takes effect at the next start of the
+daemon, and a reload that changes one says so (config.diff derives the plan from these marks).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ from pathlib import Path
 from appliance.policy import Policy
 
 DEFAULT_RUNTIME_DIR = Path("/run/gwlb-appliance")
+LIVE = {"reload": "live"}  # field metadata: a reload applies this key in the running workers
+NOT_A_KEY = {"reload": "ignore"}  # field metadata: bookkeeping, not something a file sets
 
 
 @dataclass(frozen=True)
 class DataPlaneConfig:
     bind: str = "0.0.0.0"
     port: int = 6081
-    allow_sources: tuple[ipaddress.IPv4Network, ...] = ()  # empty: any source
+    allow_sources: tuple[ipaddress.IPv4Network, ...] = field(default=(), metadata=LIVE)  # ():any
     batch_size: int = 128
     receive_buffer_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
@@ -35,7 +42,7 @@ class HealthConfig:
 
 @dataclass(frozen=True)
 class InterfaceConfig:
-    manage: bool = True  # false: leave the host's interfaces to the operator
+    manage: bool = False  # true (the AMI's config): make the host right for the data path
     name: str | None = None  # None: the default route's interface (see supervisor.netsetup)
     mtu: int = 9001  # set when the interface's MTU is below 8568
     rp_filter: int | None = 2  # 0 off, 1 strict, 2 loose; None: leave as it is
@@ -58,14 +65,14 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class ApplianceConfig:
-    source: str  # the file it came from, for messages
+    source: str = field(metadata=NOT_A_KEY)  # the file it came from, for messages
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    runtime_dir: Path = DEFAULT_RUNTIME_DIR
-    policy: Policy = field(default_factory=Policy)
+    runtime_dir: Path = field(default=DEFAULT_RUNTIME_DIR, metadata={"key": "runtime.dir"})
+    policy: Policy = field(default_factory=Policy, metadata=LIVE)
 
     @property
     def control_socket(self) -> Path:

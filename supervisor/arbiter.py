@@ -16,6 +16,7 @@ from supervisor.osapi import OsApi, describe_status
 from supervisor.states import EDGES, State, StateError
 
 EXIT_BOOT = 3  # a worker that cannot boot exits with this: retrying would not help
+EXIT_SOFTWARE = 70  # sysexits' EX_SOFTWARE: an unexpected exception, its traceback logged
 
 log = logging.getLogger("applianced")
 
@@ -97,9 +98,11 @@ class Arbiter:
             self.change_state(slot, State.STOPPED, "stop requested")
 
     def restart(self, k: int) -> None:
-        """Stop, then start again once reaped (manage_workers does the start)."""
+        """Stop, then start again once reaped (manage_workers does the start). The operator's
+        restart is a fresh start: quick deaths before it do not count against the retries."""
         self.stop(k)
-        self.slots[k].wanted = True
+        slot = self.slots[k]
+        slot.wanted, slot.quick_deaths = True, 0
 
     def shutdown(self) -> None:
         for slot in self.slots:
@@ -137,7 +140,7 @@ class Arbiter:
         slot.pid, slot.last_exit = 0, how
         if slot.state is State.STOPPING:
             self.change_state(slot, State.STOPPED, how)
-        elif code == EXIT_BOOT:
+        elif code == EXIT_BOOT and slot.state is State.STARTING:
             self.change_state(slot, State.FATAL, f"{how}: the worker cannot boot")
             self.halt_reason = f"worker {slot.index} cannot boot ({how}); see its log above"
         elif slot.state is State.RUNNING:
@@ -194,6 +197,6 @@ class Arbiter:
             if slot.state is State.STOPPED:
                 self.spawn_worker(slot, "wanted")
             elif slot.state is State.EXITED:
-                self.spawn_worker(slot, f"restart after it {slot.last_exit}")
+                self.spawn_worker(slot, f"restarted after it {slot.last_exit}")
             elif slot.state is State.BACKOFF and now >= slot.deadline_ns:
                 self.spawn_worker(slot, f"retry {slot.quick_deaths}")

@@ -1,91 +1,183 @@
 """The control socket: a Unix stream socket speaking supervisor.protocol, served from the
-supervisor's own loop (no threads), and the ring of recent log lines that `tail` follows."""
+supervisor's own loop without ever blocking it.
+
+Why non-blocking, with no threads: the same loop reaps workers and stamps the supervisor's
+heartbeat, which the health service turns into GWLB's verdict. A client that sends its request one
+byte at a time, never finishes it, or never reads its answer must not delay that loop, so every
+connection is a pair of buffers driven by the selector: bytes are taken when they arrive and sent
+when the socket can take them, each step does a bounded amount of work, and a connection that
+misses its deadline (request in REQUEST_TIMEOUT_S, reply taken in REPLY_TIMEOUT_S) or that would
+exceed MAX_CONNECTIONS is closed. A `tail -f` follower is a connection whose outbox the log ring
+fills; one that falls FOLLOWER_BACKLOG_BYTES behind is dropped.
+"""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import grp
 import logging
 import os
+import selectors
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor.protocol import PROTOCOL_VERSION, ProtocolError, encode, recv_message
+from appliance.stats import now_ns
+from supervisor.logring import LogRing
+from supervisor.protocol import PROTOCOL_VERSION, ProtocolError, encode, take_message
 
 REQUEST_TIMEOUT_S = 2.0  # a client that does not finish its request in time is dropped
-LOG_LINES_KEPT = 2000
+REPLY_TIMEOUT_S = 5.0  # a client that does not take its answer in time is dropped
+MAX_CONNECTIONS = 64  # beyond this, new connections are closed at once
+FOLLOWER_BACKLOG_BYTES = 1 << 20
+RECV_BYTES = 64 << 10
+ACCEPTS_PER_EVENT = 16
 
 Handler = Callable[[list[str]], dict[str, Any]]
 log = logging.getLogger("applianced")
 
 
-class LogRing(logging.Handler):
-    """Keeps the last lines of the daemon's log (its own and its workers') and feeds followers."""
+class _Connection:
+    def __init__(self, sock: socket.socket, deadline_ns: int) -> None:
+        self.sock = sock
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.deadline_ns = deadline_ns  # 0: none (a follower)
+        self.answered = False  # the one request was answered: close once the outbox is sent
+        self.following = False
+        self.writing = False  # registered for EVENT_WRITE
+        self.feed: Callable[[bytes], None] | None = None  # a follower's entry in the log ring
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES_KEPT)
-        self.followers: list[socket.socket] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.add(self.format(record))
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        for follower in list(self.followers):
-            try:
-                follower.sendall(encode({"v": PROTOCOL_VERSION, "ok": True, "line": line}))
-            except OSError:  # gone, or too slow to keep up: a log follower never blocks us
-                self.followers.remove(follower)
-                follower.close()
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
 
 class ControlServer:
-    def __init__(self, path: Path, mode: int, group: str | None, ring: LogRing) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mode: int,
+        group: str | None,
+        ring: LogRing,
+        selector: selectors.BaseSelector,
+    ) -> None:
         self.path = path
         self.ring = ring
+        self.selector = selector
         self.handlers: dict[str, Handler] = {}
+        self.connections: dict[int, _Connection] = {}
+        self.refused = 0  # connections closed at once because MAX_CONNECTIONS were open
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket from a previous run
+            path.unlink()  # a stale socket from a previous run (the runtime lock is ours)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # no window in which the socket is open to others
         try:
             self.listener.bind(str(path))
         finally:
             os.umask(old_umask)
-        if group is not None:
+        if group is not None:  # the loader checked that it exists
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
         os.chmod(path, mode)
-        self.listener.listen(16)
+        self.listener.listen(64)
         self.listener.setblocking(False)
+        selector.register(self.listener, selectors.EVENT_READ, self._accept)
 
-    def fileno(self) -> int:
-        return self.listener.fileno()
+    # --- the selector's callbacks -----------------------------------------------------------
 
-    def serve_one(self) -> None:
-        """Accept one connection and answer its request (called when the listener is readable)."""
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
+    def _accept(self, mask: int) -> None:
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # EMFILE and the like: say so, keep serving the rest
+                log.warning("control socket: cannot accept a connection: %s", error)
+                return
+            if len(self.connections) >= MAX_CONNECTIONS:
+                self.refused += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Connection(sock, now_ns() + int(REQUEST_TIMEOUT_S * 1e9))
+            self.connections[conn.fileno()] = conn
+            self.selector.register(sock, selectors.EVENT_READ, lambda m, c=conn: self._ready(c, m))
+
+    def _ready(self, conn: _Connection, mask: int) -> None:
+        if mask & selectors.EVENT_READ and not self._receive(conn):
             return
-        conn.settimeout(REQUEST_TIMEOUT_S)
+        if conn.outbox:
+            self._send(conn)
+
+    def _receive(self, conn: _Connection) -> bool:
+        """Take what arrived; answer a whole request. False when the connection was closed."""
         try:
-            request = recv_message(conn)
-            if request is None:
-                conn.close()
-                return
-            reply = self.dispatch(request)
-            conn.sendall(encode(reply))
-            if reply.get("follow"):
-                conn.setblocking(False)
-                self.ring.followers.append(conn)
-                return
-        except (OSError, ProtocolError) as error:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b""
+        if not data:  # the peer is gone (a follower that quit, a client that gave up)
+            self._close(conn)
+            return False
+        if conn.answered:
+            return True  # one request per connection: anything more is ignored
+        conn.inbox += data
+        try:
+            request = take_message(conn.inbox)
+        except ProtocolError as error:
             log.debug("control client dropped: %s", error)
-        conn.close()
+            self._close(conn)
+            return False
+        if request is not None:
+            self._answer(conn, request)
+        return True
+
+    def _answer(self, conn: _Connection, request: dict[str, Any]) -> None:
+        reply = self.dispatch(request)
+        conn.answered = True
+        conn.outbox += encode(reply)
+        if reply.get("follow"):
+            conn.following, conn.deadline_ns = True, 0
+            conn.feed = lambda frame: self._follow(conn, frame)
+            self.ring.followers.append(conn.feed)
+        else:
+            conn.deadline_ns = now_ns() + int(REPLY_TIMEOUT_S * 1e9)
+
+    def _follow(self, conn: _Connection, frame: bytes) -> None:
+        if len(conn.outbox) + len(frame) > FOLLOWER_BACKLOG_BYTES:
+            self._close(conn)  # too far behind: a log follower never holds us up
+            return
+        conn.outbox += frame
+
+    def _send(self, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        del conn.outbox[:sent]
+        if not conn.outbox and conn.answered and not conn.following:
+            self._close(conn)
+            return
+        wanted = bool(conn.outbox)
+        if wanted != conn.writing:
+            conn.writing = wanted
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+            self.selector.modify(conn.sock, events, lambda m, c=conn: self._ready(c, m))
+
+    # --- the loop's step --------------------------------------------------------------------
+
+    def tick(self, now: int) -> None:
+        """Drop connections past their deadline; start sending what followers were given."""
+        for conn in list(self.connections.values()):
+            if conn.deadline_ns and now > conn.deadline_ns:
+                log.debug("control client dropped: too slow (fd %d)", conn.fileno())
+                self._close(conn)
+            elif conn.outbox and not conn.writing:
+                self._send(conn)
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("v") != PROTOCOL_VERSION:
@@ -101,13 +193,34 @@ class ControlServer:
             return _error(str(error))
         return {"v": PROTOCOL_VERSION, "ok": True, **reply}
 
+    # --- endings ----------------------------------------------------------------------------
+
+    def _close(self, conn: _Connection) -> None:
+        if self.connections.pop(conn.fileno(), None) is None:
+            return
+        if conn.feed in self.ring.followers:
+            self.ring.followers.remove(conn.feed)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn.sock)
+        conn.sock.close()
+
     def close(self) -> None:
-        for follower in self.ring.followers:
-            follower.close()
-        self.ring.followers.clear()
+        for conn in list(self.connections.values()):
+            self._close(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.listener)
         self.listener.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    def abandon(self) -> None:
+        """In a forked child: close our copies of every socket, leave the parent's untouched
+        (no unlink, no unregister: the selector is the parent's too)."""
+        for conn in self.connections.values():
+            conn.sock.close()
+        self.connections.clear()
+        self.ring.followers.clear()
+        self.listener.close()
 
 
 def _error(text: str) -> dict[str, Any]:

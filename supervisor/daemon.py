@@ -16,21 +16,23 @@ from pathlib import Path
 
 from appliance.errors import BootError
 from config.errors import ConfigError
-from config.loader import default_config_path
+from config.loader import default_config_path, parse_config
 from config.schema import ApplianceConfig
 from supervisor.arbiter import EXIT_BOOT
-from supervisor.control import LogRing
+from supervisor.commands import version
+from supervisor.logring import LogRing
 from supervisor.netsetup import configure_interfaces
-from supervisor.service import Service, load
+from supervisor.service import Service
+from supervisor.workerproc import LOG_FORMAT
 
 EXIT_CONFIG = 2
-LOG_FORMAT = "applianced[%(process)d]: %(levelname)s: %(message)s"
 
 log = logging.getLogger("applianced")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="applianced", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"applianced {version()}")
     parser.add_argument(
         "--config", type=Path, default=None, help="config file (default: the shipped demo policy)"
     )
@@ -66,6 +68,11 @@ def setup_logging(ring: LogRing) -> None:
     log.propagate = False
 
 
+def load(path: Path) -> tuple[str, ApplianceConfig]:
+    text = path.read_text(encoding="utf-8")
+    return text, parse_config(text, str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ring = LogRing()
@@ -81,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.check:
         return check(config)
+    if not config.interface.manage:
+        log.info(
+            "interface setup is off ([interface] manage = false): the host's MTU, rp_filter and "
+            "net.core.rmem_* are left as they are; `applianced --check` shows what it would set"
+        )
     try:
         service = Service(path, text, config, args.workers, ring)
     except BootError as error:

@@ -11,10 +11,12 @@ through the pidfile before starting its own. Under systemd the whole cgroup stop
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +24,13 @@ from typing import Any
 
 from config.schema import ApplianceConfig
 from supervisor.schedattr import set_priority
+from supervisor.states import State
 
 PIDFILE = "health.pid"
 RESTART_BASE_NS = 500_000_000
 RESTART_MAX_NS = 30_000_000_000
 STOP_TIMEOUT_NS = 5_000_000_000
+PORT_RETRY_NS = 5_000_000_000  # how often a port someone else holds is tried again
 
 log = logging.getLogger("applianced")
 
@@ -54,8 +58,10 @@ class HealthService:
         self.pidfile = config.runtime_dir / PIDFILE
         self.bind = f"{config.health.bind}:{config.health.port}"
         self.pid = 0
-        self.state = "STOPPED"
+        # supervisord's states, as the workers have them: STOPPED, RUNNING, BACKOFF, STOPPING
+        self.state = State.STOPPED
         self.restarts = 0
+        self.port_problem = ""  # why the port cannot be bound, said once until it clears
         self.failures = 0  # deaths in a row, for the restart delay
         self.retry_at_ns = 0
         self.kill_at_ns = 0
@@ -104,6 +110,39 @@ class HealthService:
                 os.kill(pid, signal.SIGKILL)
 
     def start(self, now_ns: int) -> None:
+        """Spawn gunicorn, once its port can be bound; else say why (once) and retry later."""
+        problem = self._port_problem()
+        if problem:
+            if problem != self.port_problem:
+                log.error("health service: %s; retrying every %.0f s", problem, PORT_RETRY_NS / 1e9)
+            self.port_problem = problem
+            self.retry_at_ns = now_ns + PORT_RETRY_NS
+            self.state = State.BACKOFF
+            return
+        if self.port_problem:
+            log.info("health service: %s can be bound now", self.bind)
+            self.port_problem = ""
+        self._spawn()
+
+    def _port_problem(self) -> str:
+        """Why gunicorn could not bind our port, or "" (gunicorn itself would retry each second
+        for a while and exit 1, which says nothing to the operator)."""
+        health = self.config.health
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            probe.bind((health.bind, health.port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"port {health.port} on {health.bind} is in use by another process"
+            if error.errno == errno.EACCES:
+                return f"cannot bind port {health.port}: CAP_NET_BIND_SERVICE is needed"
+            return f"cannot bind {self.bind}: {error.strerror}"
+        finally:
+            probe.close()
+        return ""
+
+    def _spawn(self) -> None:
         actions = [(os.POSIX_SPAWN_DUP2, self.log_fd, 1), (os.POSIX_SPAWN_DUP2, self.log_fd, 2)]
         self.pid = os.posix_spawn(
             sys.executable, self.argv(), self.environment(), file_actions=actions
@@ -119,46 +158,47 @@ class HealthService:
                 error,
             )
         self.pidfile.write_text(f"{self.pid}\n")
-        self.state = "RUNNING"
+        self.state = State.RUNNING
         log.info("health service: gunicorn pid %d on %s", self.pid, self.bind)
 
     def died(self, description: str, now_ns: int) -> None:
         self.pid = 0
-        if self.state == "STOPPING" or not self.wanted:
-            self.state = "STOPPED"
+        if self.state is State.STOPPING or not self.wanted:
+            self.state = State.STOPPED
             with contextlib.suppress(FileNotFoundError):
                 self.pidfile.unlink()
             return
         self.failures += 1
         delay = min(RESTART_BASE_NS << min(self.failures - 1, 10), RESTART_MAX_NS)
         self.retry_at_ns = now_ns + delay
-        self.state = "BACKOFF"
+        self.state = State.BACKOFF
         log.warning("health service %s; restart in %.1f s", description, delay / 1e9)
 
     def tick(self, now_ns: int) -> None:
-        if self.state == "BACKOFF" and self.wanted and now_ns >= self.retry_at_ns:
-            self.restarts += 1
+        if self.state is State.BACKOFF and self.wanted and now_ns >= self.retry_at_ns:
+            self.restarts += 0 if self.port_problem else 1
             self.start(now_ns)
-        elif self.state == "RUNNING" and self.failures and now_ns - self.retry_at_ns > 60e9:
+        elif self.state is State.RUNNING and self.failures and now_ns - self.retry_at_ns > 60e9:
             self.failures = 0  # up for a minute: the next death starts the backoff afresh
-        elif self.state == "STOPPING" and now_ns > self.kill_at_ns and self.pid:
+        elif self.state is State.STOPPING and now_ns > self.kill_at_ns and self.pid:
             os.kill(self.pid, signal.SIGKILL)
 
     def stop(self, now_ns: int) -> None:
         self.wanted = False
-        if self.state == "RUNNING" and self.pid:
+        if self.state is State.RUNNING and self.pid:
             os.kill(self.pid, signal.SIGTERM)
             self.kill_at_ns = now_ns + STOP_TIMEOUT_NS
-            self.state = "STOPPING"
-        elif self.state == "BACKOFF":
-            self.state = "STOPPED"
+            self.state = State.STOPPING
+        elif self.state is State.BACKOFF:
+            self.state = State.STOPPED
 
     def stopped(self) -> bool:
-        return self.state == "STOPPED"
+        return self.state is State.STOPPED
 
     def status(self) -> dict[str, Any]:
         return {
-            "state": self.state if self.config.health.enabled else "DISABLED",
+            "state": self.state.name if self.config.health.enabled else "DISABLED",
+            "problem": self.port_problem or None,
             "pid": self.pid or None,
             "bind": self.bind,
             "restarts": self.restarts,

@@ -32,6 +32,7 @@ from config.schema import ApplianceConfig
 
 MIN_MTU = 8500 + 68  # GWLB's largest inner packet plus the outer headers and Geneve options
 SYSCTL = Path("/proc/sys")
+CHANGED = " -> "  # how a fact says that we changed something: "old -> new"
 
 log = logging.getLogger("applianced")
 
@@ -52,7 +53,9 @@ def configure_interfaces(config: ApplianceConfig, dry_run: bool = False) -> list
     """Ensure the interface settings; return one sentence per fact or change, for status."""
     settings = config.interface
     if not settings.manage:
-        return ["interface configuration: disabled (interface.manage = false)"]
+        with IPRoute() as ipr:  # a read, not a change: a bind address that is nowhere is named
+            _check_bind_address(ipr, config.dataplane.bind)
+        return ["interface configuration: off ([interface] manage = false)"]
     facts: list[str] = []
     with IPRoute() as ipr:
         iface = _find_interface(ipr, config)
@@ -71,7 +74,9 @@ def configure_interfaces(config: ApplianceConfig, dry_run: bool = False) -> list
     ]
     if not dry_run:
         for fact in facts:
-            log.info("interface setup: %s", fact)
+            # A change to the host is worth an operator's attention; a fact is not.
+            level = logging.WARNING if CHANGED in fact else logging.INFO
+            log.log(level, "interface setup: %s", fact)
     return facts
 
 
@@ -172,9 +177,9 @@ def _ensure_sysctl_at_least(key: str, wanted: int, dry_run: bool) -> str:
         return f"{dotted} = {current}: would raise to {wanted}"
     try:
         (SYSCTL / key).write_text(f"{wanted}\n")
-    except OSError as error:  # host-wide: read-only inside a network namespace
+    except OSError:  # host-wide: read-only inside a network namespace, which is expected
         return (
-            f"warning: {dotted} = {current}: cannot raise to {wanted} ({error.strerror}); "
-            "worker sockets force their own buffer size"
+            f"{dotted} = {current}: host-wide, not writable from this network namespace; "
+            f"left as it is (worker sockets force their own {wanted}-byte buffers)"
         )
     return f"{dotted} = {current} -> {_read(key)}"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,7 +39,9 @@ class RealOs:
         pid = os.fork()
         if pid == 0:
             try:
-                self._child_main(slot)
+                self._child_main(slot)  # logs its own end; this is the net under it
+            except BaseException:
+                traceback.print_exc()
             finally:
                 os._exit(70)  # EX_SOFTWARE: child_main returned or raised
         return pid
@@ -67,12 +70,12 @@ def describe_status(status: int) -> tuple[int | None, str]:
     """(exit code or None, a sentence) from a wait status, decoded the portable way."""
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
-        return code, f"exited with status {code}"
+        return code, f"exited with status {code}"  # reads after "it" / "the worker"
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
-        return None, f"killed by {name}"
+        return None, f"was killed by {name}"
     return None, f"wait status {status:#x}"

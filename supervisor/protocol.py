@@ -15,6 +15,7 @@ import orjson
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4 << 20
+MAX_REQUEST_BYTES = 64 << 10  # a request is a command and a few words
 _LENGTH = struct.Struct("!I")
 
 
@@ -31,6 +32,21 @@ def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(encode(message))
 
 
+def take_message(buffer: bytearray, limit: int = MAX_REQUEST_BYTES) -> dict[str, Any] | None:
+    """Remove the first whole message from `buffer` (bytes received so far, non-blocking side)
+    and return it; None while it is incomplete. ProtocolError when it cannot be one."""
+    if len(buffer) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack_from(buffer)
+    if length > limit:
+        raise ProtocolError(f"message of {length} bytes is over the {limit} limit")
+    if len(buffer) < _LENGTH.size + length:
+        return None
+    body = bytes(buffer[_LENGTH.size : _LENGTH.size + length])
+    del buffer[: _LENGTH.size + length]
+    return _parse(body)
+
+
 def recv_message(sock: socket.socket) -> dict[str, Any] | None:
     """The next message, or None when the peer closed cleanly between messages."""
     head = _recv_exactly(sock, _LENGTH.size, allow_eof=True)
@@ -41,6 +57,10 @@ def recv_message(sock: socket.socket) -> dict[str, Any] | None:
         raise ProtocolError(f"message of {length} bytes is over the {MAX_MESSAGE_BYTES} limit")
     body = _recv_exactly(sock, length, allow_eof=False)
     assert body is not None
+    return _parse(body)
+
+
+def _parse(body: bytes) -> dict[str, Any]:
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as error:

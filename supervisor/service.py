@@ -1,42 +1,41 @@
-"""The supervisor process: boots the data plane, runs the arbiter's loop, serves the control socket.
+"""The supervisor process's loop: signals, the arbiter, the health service, the control socket.
 
-Order matters and follows DESIGN.md §2: config, interface setup, the stats table and the N reuseport
-sockets (in slot order) all exist before the first fork, so a restarted worker inherits its slot's
-socket and the group never changes shape. Signal handlers only enqueue; all work, logging included,
-happens in `run`'s loop, woken by the signal wakeup fd.
+Boot (supervisor/boot.py) has made every pre-fork resource; commands (supervisor/commands.py)
+answer `appliancectl`; reloads are supervisor/reloading.py's. What is left here is the loop, and
+it is bounded: signal handlers only enqueue, the selector waits at most TICK_S, and every event
+(a signal, a worker's log lines, a control connection's bytes) is a bounded step, so reaping and
+the supervisor's heartbeat in the stats table happen at least every TICK_S whatever a control
+client does.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import os
 import queue
-import selectors
 import signal
 import socket
-import time
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from appliance import counters as cnt
-from appliance.sockets import open_data_socket
-from appliance.stats import H, S, StatsTable, now_ns
-from appliance.steering import attach_steering
-from config.errors import ConfigError
-from config.loader import parse_config
+from appliance.stats import H, now_ns
 from config.schema import ApplianceConfig
 from supervisor.arbiter import EXIT_BOOT, Arbiter, Timing
-from supervisor.control import ControlServer, LogRing
+from supervisor.boot import build_plant
+from supervisor.commands import Commands
 from supervisor.healthproc import HealthService
-from supervisor.netsetup import configure_interfaces
+from supervisor.logring import LogRing
 from supervisor.osapi import RealOs, describe_status
+from supervisor.reloading import Reloader
 from supervisor.states import State
-from supervisor.workerproc import SNAPSHOT_NAME, WorkerContext, worker_main
+from supervisor.workerproc import WorkerContext, worker_main
 
 TICK_S = 0.2
+LOG_READ_BYTES = 65536  # per wakeup: a chatty worker cannot keep the loop reading its pipe
+
 log = logging.getLogger("applianced")
 
 
@@ -50,61 +49,44 @@ class Service:
         ring: LogRing,
     ) -> None:
         self.config_path = config_path
-        self.config = config
         self.ring = ring
         self.slots = workers or config.workers.count or len(os.sched_getaffinity(0))
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.stopping = False
         self.exit_code = 0
-        self.last_reload: dict[str, Any] = {"ok": True, "detail": "initial config"}
-        self.interface_facts: list[str] = []
-        self._boot(config_text)
-
-    # --- boot, before any fork --------------------------------------------------------------
-
-    def _boot(self, config_text: str) -> None:
-        config = self.config
-        config.runtime_dir.mkdir(parents=True, exist_ok=True)
-        self.interface_facts = configure_interfaces(config)
-        self.table = StatsTable.create(config.runtime_dir, self.slots)
-        self.table.header[H.SUPERVISOR_PID] = os.getpid()
-        self.table.header[H.STARTED_NS] = now_ns()
-        self._write_snapshot(config_text)
-        plane = config.dataplane
-        self.sockets = [
-            open_data_socket(plane.bind, plane.port, plane.receive_buffer_bytes)
-            for _ in range(self.slots)
-        ]
-        if self.slots > 1 and plane.steering == "inner-flow":
-            attach_steering(self.sockets[0], self.slots)
-        self.log_read, log_write = os.pipe()
-        os.set_blocking(self.log_read, False)
-        self.control = ControlServer(
-            config.control_socket, config.control.mode, config.control.group, self.ring
-        )
-        self._register_commands()
-        self.wakeup_read, wakeup_write = os.pipe()
-        for fd in (self.wakeup_read, wakeup_write):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(wakeup_write)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, self._enqueue)
-        context = WorkerContext(
+        self.plant = build_plant(config, self.slots, config_text, ring)
+        self.table = self.plant.table
+        self.context = WorkerContext(
             config,
-            self.sockets,
+            self.plant.sockets,
             self.table,
             os.getpid(),
-            log_write,
-            [self.log_read, self.wakeup_read, wakeup_write, self.control.fileno()],
+            self.plant.log_write,
+            self.plant.close_in_child,
         )
+        self.reloader = Reloader(config_path, config, self.table, self._reloaded)
         cpus = sorted(os.sched_getaffinity(0))
         timing = Timing(
             heartbeat_timeout_ns=int(config.workers.heartbeat_timeout_s * 1e9),
             stop_timeout_ns=int(config.workers.stop_timeout_s * 1e9),
         )
-        self.arbiter = Arbiter(self.table, cpus, RealOs(lambda k: worker_main(k, context)), timing)
-        self.health = HealthService(config, log_write)
+        spawn: Callable[[int], None] = lambda k: worker_main(k, self.context)  # noqa: E731
+        self.arbiter = Arbiter(self.table, cpus, RealOs(spawn), timing)
+        self.health = HealthService(config, self.plant.log_write)
         self.health.evict_previous()
+        self.commands = Commands(
+            self.arbiter,
+            self.table,
+            config.runtime_dir,
+            ring,
+            self.health,
+            self._facts,
+            self.reload,
+            lambda: self.begin_shutdown(0),
+        )
+        self.plant.control.handlers.update(self.commands.handlers())
+        self._watch_signals()
+        plane = config.dataplane
         log.info(
             "supervisor ready: %d worker slots on %s:%d, CPUs %s, steering %s, control %s",
             self.slots,
@@ -115,22 +97,29 @@ class Service:
             config.control_socket,
         )
 
+    def _watch_signals(self) -> None:
+        plant = self.plant
+        signal.set_wakeup_fd(plant.wakeup_write)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._enqueue)
+        plant.selector.register(plant.wakeup_read, 1, lambda mask: _drain(plant.wakeup_read))
+        plant.selector.register(plant.log_read, 1, lambda mask: self._forward_worker_log())
+
     def _enqueue(self, signum: int, frame: FrameType | None) -> None:
         self.signals.put(signum)  # SimpleQueue.put is reentrant: nothing else here
 
-    def _write_snapshot(self, text: str) -> None:
-        snapshot = self.config.runtime_dir / SNAPSHOT_NAME
-        temporary = snapshot.with_suffix(".new")
-        temporary.write_text(text)
-        temporary.replace(snapshot)
+    def _facts(self) -> dict[str, Any]:
+        return {
+            "config": str(self.config_path),
+            "last_reload": self.reloader.last,
+            "stopping": self.stopping,
+            "interfaces": self.plant.interface_facts,
+            "control_refused": self.plant.control.refused,
+        }
 
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        selector = selectors.DefaultSelector()
-        selector.register(self.wakeup_read, selectors.EVENT_READ, "wakeup")
-        selector.register(self.log_read, selectors.EVENT_READ, "log")
-        selector.register(self.control.fileno(), selectors.EVENT_READ, "control")
         ready_announced = False
         if self.health.wanted:
             self.health.start(now_ns())  # it answers 503 "starting" until the workers run
@@ -149,15 +138,11 @@ class Service:
             self.table.header[H.SUPERVISOR_HEARTBEAT_NS] = now_ns()
             if self.stopping and self.arbiter.all_stopped() and self.health.stopped():
                 break
-            for key, _ in selector.select(TICK_S):
-                if key.data == "wakeup":
-                    _drain(self.wakeup_read)
-                elif key.data == "log":
-                    self._forward_worker_log()
-                else:
-                    self.control.serve_one()
+            for key, mask in self.plant.selector.select(TICK_S):
+                key.data(mask)
+            self.plant.control.tick(now_ns())
         self._forward_worker_log()
-        self.close()
+        self.plant.close()
         log.info("stopped (exit status %d)", self.exit_code)
         return self.exit_code
 
@@ -177,6 +162,12 @@ class Service:
         self.arbiter.shutdown()
         self.health.stop(now_ns())
 
+    def reload(self) -> dict[str, Any]:
+        return self.reloader.reload()
+
+    def _reloaded(self, running: ApplianceConfig) -> None:
+        self.context.config = running  # a worker forked from now on boots with it
+
     def _tend_health(self) -> None:
         now = now_ns()
         for pid, status in self.arbiter.unclaimed:
@@ -187,157 +178,13 @@ class Service:
 
     def _forward_worker_log(self) -> None:
         try:
-            data = os.read(self.log_read, 65536)
+            data = os.read(self.plant.log_read, LOG_READ_BYTES)
         except BlockingIOError:
             return
         for line in data.decode(errors="replace").splitlines():
-            os.write(2, (line + "\n").encode())
+            with contextlib.suppress(OSError):  # stderr gone: the ring still has the line
+                os.write(2, (line + "\n").encode())
             self.ring.add(line)
-
-    def close(self) -> None:
-        self.control.close()
-        for sock in self.sockets:
-            sock.close()  # port 6081 is unbound when we return
-
-    # --- reload -----------------------------------------------------------------------------
-
-    def reload(self) -> dict[str, Any]:
-        """Validate the config file again; apply its policy in every worker, or refuse it."""
-        try:
-            text = self.config_path.read_text(encoding="utf-8")
-            config = parse_config(text, str(self.config_path))
-        except (OSError, UnicodeDecodeError, ConfigError) as error:
-            self.table.header[H.RELOADS_REFUSED] += 1
-            self.last_reload = {
-                "ok": False,
-                "detail": f"refused: {error}",
-                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            log.error("reload refused, the running policy stays: %s", error)
-            return self.last_reload
-        fixed = [
-            name
-            for name in (
-                "dataplane.bind",
-                "dataplane.port",
-                "dataplane.batch_size",
-                "workers.count",
-                "runtime_dir",
-                "control",
-            )
-            if _get(config, name) != _get(self.config, name)
-        ]
-        self._write_snapshot(text)
-        # What the workers apply: the policy and the allow-list; the rest waits for a restart.
-        plane = dataclasses.replace(
-            self.config.dataplane, allow_sources=config.dataplane.allow_sources
-        )
-        self.config = dataclasses.replace(self.config, policy=config.policy, dataplane=plane)
-        self.table.header[H.CONFIG_GENERATION] += 1
-        generation = int(self.table.header[H.CONFIG_GENERATION])
-        detail = f"generation {generation}: {len(config.policy.rules)} rules"
-        if fixed:
-            detail += f"; needs a restart to change: {', '.join(fixed)}"
-        self.last_reload = {
-            "ok": True,
-            "detail": detail,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        log.info("reload: %s", detail)
-        return self.last_reload
-
-    # --- control commands -------------------------------------------------------------------
-
-    def _register_commands(self) -> None:
-        h = self.control.handlers
-        h["status"] = lambda args: self.status()
-        h["stats"] = lambda args: self.stats()
-        h["start"] = lambda args: self._each_slot(args, self.arbiter.start)
-        h["stop"] = lambda args: self._each_slot(args, self.arbiter.stop)
-        h["restart"] = lambda args: self._each_slot(args, self.arbiter.restart)
-        h["reload"] = lambda args: {"reload": self.reload()}
-        h["drain"] = lambda args: self._set_draining(1)
-        h["undrain"] = lambda args: self._set_draining(0)
-        h["tail"] = self._tail
-        h["version"] = lambda args: {"version": _version(), "protocol": 1}
-        h["shutdown"] = self._shutdown
-
-    def _shutdown(self, args: list[str]) -> dict[str, Any]:
-        log.info("shutdown requested over the control socket")
-        self.begin_shutdown(0)
-        return {"detail": "shutting down"}
-
-    def _each_slot(self, args: list[str], verb: Any) -> dict[str, Any]:
-        if args == ["all"]:
-            targets = list(range(self.slots))
-        elif len(args) == 1 and args[0].isdigit() and int(args[0]) < self.slots:
-            targets = [int(args[0])]
-        else:
-            raise ValueError(f"name a slot from 0 to {self.slots - 1}, or all")
-        for k in targets:
-            verb(k)
-        return {"slots": targets}
-
-    def _set_draining(self, value: int) -> dict[str, Any]:
-        self.table.header[H.DRAINING] = value
-        log.info("draining %s", "on: health reports 503" if value else "off")
-        return {"draining": bool(value)}
-
-    def _tail(self, args: list[str]) -> dict[str, Any]:
-        count = int(args[0]) if args and args[0].isdigit() else 50
-        follow = "follow" in args
-        lines = list(self.ring.lines)[-count:] if count else []
-        return {"lines": lines, "follow": follow}
-
-    def status(self) -> dict[str, Any]:
-        now, header = now_ns(), self.table.header
-        workers = []
-        for slot in self.arbiter.slots:
-            words, counters = self.table.slot(slot.index), self.table.counters(slot.index)
-            alive = slot.state in (State.STARTING, State.RUNNING, State.STOPPING)
-            workers.append(
-                {
-                    "slot": slot.index,
-                    "pid": slot.pid or None,
-                    "cpu": slot.cpu,
-                    "state": slot.state.name,
-                    "restarts": slot.restarts,
-                    "uptime_s": round((now - slot.started_ns) / 1e9, 1) if alive else None,
-                    "heartbeat_age_s": round((now - int(words[S.HEARTBEAT_NS])) / 1e9, 3)
-                    if words[S.HEARTBEAT_NS]
-                    else None,
-                    "generation": int(words[S.GENERATION]),
-                    "packets_in": counters[cnt.Counter.RECEIVED],
-                    "packets_out": counters[cnt.Counter.SENT],
-                    "drops": sum(counters[c] for c in cnt.REFUSALS),
-                    "last_exit": slot.last_exit or None,
-                }
-            )
-        return {
-            "supervisor": {
-                "pid": os.getpid(),
-                "uptime_s": round((now - header[H.STARTED_NS]) / 1e9, 1),
-                "config": str(self.config_path),
-                "generation": int(header[H.CONFIG_GENERATION]),
-                "draining": bool(header[H.DRAINING]),
-                "ready": bool(header[H.READY]),
-                "last_reload": self.last_reload,
-                "stopping": self.stopping,
-                "interfaces": self.interface_facts,
-            },
-            "workers": workers,
-            "health": self.health.status(),
-        }
-
-    def stats(self) -> dict[str, Any]:
-        names = tuple(rule.name for rule in self.config.policy.rules)
-        per_worker = [cnt.snapshot(self.table.counters(k), names) for k in range(self.slots)]
-        return {"workers": per_worker, "total": cnt.total(per_worker)}
-
-
-def load(path: Path) -> tuple[str, ApplianceConfig]:
-    text = path.read_text(encoding="utf-8")
-    return text, parse_config(text, str(path))
 
 
 def notify_systemd(state: str) -> None:
@@ -360,17 +207,3 @@ def _drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _get(config: ApplianceConfig, dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _version() -> str:
-    try:
-        return metadata.version("gwlb-appliance")
-    except metadata.PackageNotFoundError:
-        return "unknown"

@@ -1,14 +1,14 @@
-"""Worker process states, as supervisord names them, and the edges between them.
+"""Worker process states, as supervisord names them, and the edges between them (EDGES is the
+code's truth; this drawing follows it edge for edge).
 
-STOPPED ──start──▶ STARTING ──first heartbeat──▶ RUNNING
-   ▲                 │  │                          │ │
-   │          died   │  └────stop────┐       died  │ └──stop──┐
-   │    before ready ▼               ▼             ▼          ▼
-   ├──stop── BACKOFF ◀──┐         STOPPING       EXITED    STOPPING ──reaped──▶ STOPPED
-   │          │  │      │            │             │
-   │  delay   │  │ retries spent     └─reaped─▶ STOPPED
-   │  passed  ▼  ▼                               (EXITED restarts at once: STARTING)
-   │    STARTING  FATAL ──start──▶ STARTING
+STOPPED ──wanted──▶ STARTING ──first heartbeat──▶ RUNNING ──died──▶ EXITED ──restart──▶ STARTING
+                     │ │ │                          │                 │
+                     │ │ └──stop──▶ STOPPING ◀─stop─┘                 └──stop──▶ STOPPED
+                     │ │              └──reaped──▶ STOPPED
+                     │ └──died before its first heartbeat──▶ BACKOFF ──delay passed──▶ STARTING
+                     │                                         └──stop──▶ STOPPED
+                     └──cannot boot (exit 3), or its retries spent──▶ FATAL ──start──▶ STARTING
+                                                                        └──stop──▶ STOPPED
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ EDGES: dict[State, frozenset[State]] = {
     # STARTING: the first heartbeat proves it runs; a death before that is a quick death.
     State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.STOPPING, State.FATAL}),
     State.RUNNING: frozenset({State.EXITED, State.STOPPING}),
-    State.BACKOFF: frozenset({State.STARTING, State.FATAL, State.STOPPED}),
+    State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.EXITED: frozenset({State.STARTING, State.STOPPED}),
     State.FATAL: frozenset({State.STARTING, State.STOPPED}),

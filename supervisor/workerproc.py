@@ -1,9 +1,17 @@
 """What runs in a forked worker: reset the process, open the raw socket, run the data path.
 
 Pre-fork, the supervisor builds a `WorkerContext` (no I/O happens in it). Post-fork,
-`init_process` makes this a well-behaved child: its own signal handlers, death with the supervisor,
-pinned to its CPU, named in `ps`. A worker that cannot open its raw socket exits with EXIT_BOOT so
-the supervisor stops with that reason instead of crash-looping.
+`init_process` makes this a well-behaved child: the supervisor's descriptors closed (control
+connections and `tail -f` followers included), logging only to its stderr (the supervisor's log
+pipe), its own signal handlers, death with the supervisor, pinned to its CPU, named in `ps`.
+
+Exit statuses, a protocol with the arbiter (supervisor/arbiter.py):
+    0   stopped by SIGTERM after finishing the batch in hand
+    3   EXIT_BOOT: cannot boot (e.g. no CAP_NET_RAW for the raw socket): the supervisor stops
+        with that reason instead of crash-looping
+    70  EXIT_SOFTWARE: an unexpected exception; its traceback is logged first, with slot and pid
+    killed by SIGABRT: stuck (no heartbeat); faulthandler has logged every thread's stack
+    killed by SIGKILL: still stuck after SIGABRT, or too slow to start or stop
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,42 +34,53 @@ from appliance.worker import Worker
 from config.errors import ConfigError
 from config.loader import load_config
 from config.schema import ApplianceConfig
-from supervisor.arbiter import EXIT_BOOT
+from supervisor.arbiter import EXIT_BOOT, EXIT_SOFTWARE
+from supervisor.boot import SNAPSHOT_NAME
 
 PR_SET_PDEATHSIG = 1
-SNAPSHOT_NAME = "config.toml"  # the validated config the workers apply, in the runtime dir
+# The keys a worker applies when the config generation changes; config.diff.live_keys() (the
+# schema's LIVE marks) must name exactly these (tests/unit/test_reload_plan.py holds them equal).
+APPLIED_LIVE = ("dataplane.allow_sources", "policy")
+LOG_FORMAT = "applianced[%(process)d]: %(levelname)s: %(message)s"
 
 log = logging.getLogger("applianced")
 
 
 @dataclass
 class WorkerContext:
-    config: ApplianceConfig
+    config: ApplianceConfig  # the running config; the supervisor replaces it at each reload
     sockets: list[socket.socket]  # one per slot, bound in slot order before any fork
     table: StatsTable
     supervisor_pid: int
     log_fd: int  # write end of the supervisor's log pipe
-    inherited_fds: list[int]  # the supervisor's own descriptors, closed in the child
+    close_inherited: Callable[[], None]  # closes the supervisor's own descriptors in the child
 
 
 def worker_main(slot: int, context: WorkerContext) -> None:
-    """The child's whole life; never returns."""
-    worker = None
+    """The child's whole life; never returns. Whatever ends it, the reason is logged first."""
     try:
         init_process(slot, context)
         worker = boot(slot, context)
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(worker, "stopping", True))
+        worker.run()
     except BootError as error:
         log.error("worker %d cannot boot: %s", slot, error.strerror or error)
-        os._exit(EXIT_BOOT)
-    signal.signal(signal.SIGTERM, lambda signum, frame: setattr(worker, "stopping", True))
-    worker.run()
-    os._exit(0)
+        _exit(EXIT_BOOT)
+    except BaseException:  # anything at all: the traceback is the evidence
+        log.exception("worker %d (pid %d) died of an unexpected error", slot, os.getpid())
+        _exit(EXIT_SOFTWARE)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    logging.shutdown()  # flush the traceback into the pipe before the process is gone
+    os._exit(code)
 
 
 def init_process(slot: int, context: WorkerContext) -> None:
     os.dup2(context.log_fd, 2)  # our stderr goes through the supervisor (appliancectl tail)
-    for fd in context.inherited_fds:
-        os.close(fd)
+    context.close_inherited()
+    _log_to_stderr_only()
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)  # the supervisor handles these, not us
     signal.set_wakeup_fd(-1)
@@ -79,6 +99,19 @@ def init_process(slot: int, context: WorkerContext) -> None:
     for k, sock in enumerate(context.sockets):
         if k != slot:
             sock.close()  # the group keeps its shape: the supervisor still holds them all
+
+
+def _log_to_stderr_only() -> None:
+    """Drop the handlers inherited from the supervisor (its log ring would write to `tail -f`
+    followers from this process too) and log to our stderr, which is the supervisor's pipe."""
+    logger = logging.getLogger("applianced")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    # fd 2 itself, not sys.stderr: whatever Python object held stderr before the fork (a
+    # test runner's capture, say), the pipe is what the supervisor reads.
+    handler = logging.StreamHandler(os.fdopen(2, "w", buffering=1, closefd=False))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
 
 
 def _set_title(title: str) -> None:

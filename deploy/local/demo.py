@@ -53,7 +53,7 @@ def appliance_argv(cmd: list[str], workdir: Path) -> list[str]:
         return cmd
     config = workdir / "applianced.toml"
     text = DEFAULT_CONFIG.read_text()
-    config.write_text(text.replace('dir = "/run/gwlb-appliance"', f'dir = "{workdir / "run"}"'))
+    config.write_text(text.replace('# dir = "/run/gwlb-appliance"', f'dir = "{workdir / "run"}"'))
     return [*cmd, "--config", str(config)]
 
 

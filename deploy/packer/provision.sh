@@ -69,11 +69,14 @@ install_user() {
   getent passwd "$SERVICE_USER" >/dev/null || die "systemd-sysusers did not create $SERVICE_USER"
 }
 
-# The baked config is the shipped demo policy; cloud-init overwrites it with the site's. Readable
-# by the service user, writable by root only.
+# The baked config is the shipped demo policy with the interface setup on (an appliance instance
+# is the one host where changing the MTU and rp_filter is wanted); cloud-init overwrites it with
+# the site's. Readable by the service user, writable by root only.
 install_config() {
   install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR"
-  install -m 0640 -o root -g "$SERVICE_USER" "$STAGING/default.toml" "$CONFIG_DIR/appliance.toml"
+  sed 's/^manage = false /manage = true  /' "$STAGING/default.toml" > "$STAGING/appliance.toml"
+  grep -q '^manage = true ' "$STAGING/appliance.toml" || die "cannot turn on [interface] manage"
+  install -m 0640 -o root -g "$SERVICE_USER" "$STAGING/appliance.toml" "$CONFIG_DIR/appliance.toml"
   "$VENV/bin/python" -c 'import sys; from config.loader import load_config; load_config(sys.argv[1])' \
     "$CONFIG_DIR/appliance.toml" || die "the baked config does not validate"
 }

@@ -180,7 +180,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     runtime = work / "run"
     config = work / "appliance.toml"
     text = default_config_path().read_text()
-    config.write_text(text.replace('dir = "/run/gwlb-appliance"', f'dir = "{runtime}"'))
+    config.write_text(
+        text.replace('# dir = "/run/gwlb-appliance"', f'dir = "{runtime}"').replace(
+            "manage = false",
+            "manage = true",  # as the AMI's config has it
+        )
+    )
     notify = _notify_socket(work / "notify")
     stderr_path = work / "applianced.stderr"
     result = Run()

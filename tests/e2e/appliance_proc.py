@@ -32,7 +32,7 @@ def config_text(runtime_dir: Path, policy: str | None = None, **edits: str) -> s
     """The default config with the runtime dir moved to `runtime_dir`, keys set by `edits`
     (first occurrence of `key = ...` replaced) and the rules replaced by `policy`."""
     text = DEFAULT_CONFIG.read_text()
-    text = text.replace('dir = "/run/gwlb-appliance"', f'dir = "{runtime_dir}"')
+    text = text.replace('# dir = "/run/gwlb-appliance"', f'dir = "{runtime_dir}"')
     for key, value in edits.items():
         text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)
     if policy is not None:

@@ -33,7 +33,7 @@ def rp_filter(tb: Testbed, ns: str, name: str) -> int:
 
 def test_check_reports_and_changes_nothing(narrow_bed: Testbed, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text(config_text(tmp_path / "run", rp_filter="1"))
+    config.write_text(config_text(tmp_path / "run", manage="true", rp_filter="1"))
     ns = narrow_bed.ns_app(1)
     before = rp_filter(narrow_bed, ns, "eth0")
     done = run_quiet(["ip", "netns", "exec", ns, APPLIANCED, "--config", str(config), "--check"])
@@ -47,7 +47,7 @@ def test_check_reports_and_changes_nothing(narrow_bed: Testbed, tmp_path: Path) 
 def test_startup_raises_the_mtu_and_sets_rp_filter(narrow_bed: Testbed, tmp_path: Path) -> None:
     ns = narrow_bed.ns_app(1)
     runtime = tmp_path / "run-app1"
-    text = config_text(runtime, rp_filter="1", mtu="9001")
+    text = config_text(runtime, manage="true", rp_filter="1", mtu="9001")
     appliance = Appliance(narrow_bed, 1, tmp_path, config=text)
     assert mtu(ns, "eth0") == 9001
     assert rp_filter(narrow_bed, ns, "eth0") == 1
@@ -57,7 +57,7 @@ def test_startup_raises_the_mtu_and_sets_rp_filter(narrow_bed: Testbed, tmp_path
     # A second start finds everything right and changes nothing (idempotent).
     again_dir = tmp_path / "again"
     again_dir.mkdir()
-    text = config_text(again_dir / "run-app1", rp_filter="1", mtu="9001")
+    text = config_text(again_dir / "run-app1", manage="true", rp_filter="1", mtu="9001")
     again = Appliance(narrow_bed, 1, again_dir, config=text)
     assert "eth0: MTU 9001 carries 8568-byte datagrams: unchanged" in again.stderr()
     assert "rp_filter = 1: unchanged" in again.stderr()
@@ -66,7 +66,7 @@ def test_startup_raises_the_mtu_and_sets_rp_filter(narrow_bed: Testbed, tmp_path
 
 def test_a_missing_interface_is_a_clear_boot_error(narrow_bed: Testbed, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    text = config_text(tmp_path / "run").replace('# name = "ens5"', 'name = "nope0"')
+    text = config_text(tmp_path / "run", manage="true").replace('# name = "ens5"', 'name = "nope0"')
     config.write_text(text)
     ns = narrow_bed.ns_app(1)
     for extra in ([], ["--check"]):

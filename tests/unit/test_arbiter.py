@@ -97,7 +97,7 @@ def test_a_running_worker_that_dies_is_restarted_at_once(bed) -> None:
     arbiter.tick()
     slot = arbiter.slots[0]
     assert slot.state is State.STARTING and slot.pid != old and slot.restarts == 1
-    assert slot.last_exit == "killed by SIGKILL"
+    assert slot.last_exit == "was killed by SIGKILL"
     assert arbiter.table.slot(0)[S.RESTARTS] == 1
 
 
@@ -247,3 +247,29 @@ def test_every_edge_of_the_state_machine_is_reachable_and_nothing_else(bed) -> N
             else:
                 with pytest.raises(StateError):
                     arbiter.change_state(slot, target, "test")
+
+
+def test_restart_of_a_fatal_slot_is_a_fresh_start_with_the_full_retry_budget(bed) -> None:
+    arbiter, fake = bed
+    arbiter.tick()
+    for _ in range(TIMING.start_retries + 1):  # quick deaths until FATAL
+        fake.dead.append((arbiter.slots[0].pid, exited(1)))
+        arbiter.tick()
+        fake.clock = arbiter.slots[0].deadline_ns
+        arbiter.tick()
+    slot = arbiter.slots[0]
+    assert slot.state is State.FATAL
+    arbiter.restart(0)
+    arbiter.tick()
+    assert slot.state is State.STARTING and slot.quick_deaths == 0
+    fake.dead.append((slot.pid, exited(1)))
+    arbiter.tick()
+    assert slot.state is State.BACKOFF  # one death after the restart is not FATAL again
+
+
+def test_a_running_worker_that_exits_with_the_boot_status_is_restarted(bed) -> None:
+    arbiter, fake = bed
+    running(arbiter, fake)
+    fake.dead.append((arbiter.slots[0].pid, exited(EXIT_BOOT)))
+    arbiter.tick()  # only a worker that never ran can fail to boot: this one just exited
+    assert arbiter.slots[0].state is State.STARTING and arbiter.halt_reason is None

@@ -65,6 +65,9 @@ def test_default_config_values():
     assert (config.health.nice, config.health.slice_us) == (10, 100)
     assert config.workers.count is None  # "auto": one per CPU
     assert config.runtime_dir == Path("/run/gwlb-appliance")
+    # The host is left alone unless the config asks (the AMI's does): no surprise on a laptop.
+    assert config.interface.manage is False
+    assert parse_config("").interface.manage is False
 
 
 def test_empty_file_means_defaults_and_no_rules(tmp_path):
@@ -305,6 +308,13 @@ BROKEN = [
         "must be an absolute path",
     ),
     ("workers-zero", "[workers]\ncount = 0\n", "workers.count", "count = 0", "not 0"),
+    (
+        "control-group-missing",
+        '[control]\ngroup = "no-such-group-here"\n',
+        "control.group",
+        "group =",
+        "no group 'no-such-group-here' on this host: create it",
+    ),
     (
         "header-with-comment",
         "[dataplane]   # the Geneve listener\nport = 0\n",

@@ -1,5 +1,6 @@
 """Dependencies point one way (STYLE.md): codec <- policy <- worker <- supervisor; config sits on
-the data path's types; health reads only the stats table (and the state names)."""
+the data path's types; health reads only the stats table (through the snapshot reader it shares
+with the supervisor) and the state names."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ ALLOWED = {
     "config": {"config", "appliance"},
     "supervisor": {"supervisor", "appliance", "config"},
     # The health service knows the stats table's layout and the state names, nothing else.
-    "health": {"health", "appliance.counters", "appliance.stats", "config", "supervisor.states"},
+    "health": {
+        "health",
+        "appliance.counters",
+        "appliance.stats",
+        "config",
+        "supervisor.states",
+        "supervisor.snapshot",
+    },
 }
 
 
