@@ -21,295 +21,42 @@ stays as it is, and the client works with any daemon of this protocol.
 
 from __future__ import annotations
 
-import argparse
 import cmd
 import contextlib
 import errno
-import math
 import shlex
 import socket
 import sys
-import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import orjson
-
-from config.runtimedir import default_runtime_dir
+from supervisor.ctlargs import (
+    COMMANDS,
+    EXIT_FAILED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    FAILED_STATES,
+    MAIN_USAGE,
+    POLL_INTERVAL_S,
+    SLOT_VERBS,
+    TIMEOUT_S,
+    Defaults,
+    HelpRequested,
+    Invocation,
+    UsageError,
+    Worker,
+    client_version,
+    help_text,
+    parse,
+)
+from supervisor.ctlrender import compact, pretty, render, strip
 from supervisor.protocol import PROTOCOL_VERSION, ProtocolError, recv_message, send_message
-
-# The daemon's default, found the same way (per network namespace): config/runtimedir.py
-DEFAULT_SOCKET = default_runtime_dir() / "control.sock"
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-EXIT_FAILED = EXIT_REFUSED  # a worker that did not get where it was sent: LSB "generic error"
-TIMEOUT_S = 5.0  # one request and its reply
-WAIT_TIMEOUT_S = 30.0  # start/stop/restart: how long to wait for the outcome, by default
-POLL_INTERVAL_S = 0.1  # start/stop/restart: how often to read `status` while waiting
-DISTRIBUTION = "gwlb-appliance"
-FAILED_STATES = frozenset({"BACKOFF", "FATAL", "EXITED"})
-MAIN_USAGE = "usage: appliancectl [--socket PATH] [--json] [--version] [COMMAND [ARGS]]"
-
-Worker = dict[str, Any]  # one entry of the `status` reply's "workers"
-
-
-@dataclass(frozen=True)
-class Command:
-    arguments: str  # what follows the command's name in its usage line
-    summary: str
-
-
-COMMANDS: dict[str, Command] = {
-    "status": Command(
-        "", "the workers: slot, pid, CPU, state, uptime, restarts, packets in/out, drops"
-    ),
-    "stats": Command("", "every counter, per worker and in total"),
-    "start": Command("[--no-wait] [--timeout S] SLOT|all", "start a worker and wait until it runs"),
-    "stop": Command(
-        "[--no-wait] [--timeout S] SLOT|all",
-        "stop a worker and wait until it has stopped (its socket stays bound; its flows wait)",
-    ),
-    "restart": Command(
-        "[--no-wait] [--timeout S] SLOT|all", "restart a worker and wait until the new one runs"
-    ),
-    "reload": Command("", "validate the config file again and apply its policy (like SIGHUP)"),
-    "drain": Command("", "health answers 503 on purpose: GWLB sends no new flows"),
-    "undrain": Command("", "health reports the facts again"),
-    "tail": Command(
-        "[N] [-f]",
-        "the daemon's last N log lines (default 50); -f follows them "
-        "(with --json: one JSON object per line)",
-    ),
-    "version": Command("", "the daemon's version and protocol (--version: this client's)"),
-    "shutdown": Command("", "stop the workers gracefully and exit"),
-    "help": Command("[COMMAND]", "this list, or one command's details"),
-}
-SLOT_VERBS = {"start": "started", "stop": "stopped", "restart": "restarted"}
-COMMAND_OPTIONS = frozenset({"--no-wait", "--timeout", "-f", "--follow"})
-COMMON_NOTE = "--json and --socket PATH work before or after the command."
-HELP_WIDTH, HELP_INDENT = 79, 20
-
-
-# --- the command line ------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """A command line this client refuses: the usage line to show, and why."""
-
-    def __init__(self, usage: str, message: str) -> None:
-        super().__init__(message)
-        self.usage = usage
-        self.message = message
-
-
-class HelpRequested(Exception):
-    """-h or --help: show `text` and succeed."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """What a command line starts from: the shell passes on its own options."""
-
-    socket: Path = DEFAULT_SOCKET
-    as_json: bool = False
-
-
-@dataclass(frozen=True)
-class Invocation:
-    command: str | None  # None: no command (the shell, or --version)
-    socket: Path
-    as_json: bool = False
-    show_version: bool = False
-    target: str | None = None  # start/stop/restart: a slot number or "all"
-    wait: bool = True
-    timeout_s: float = WAIT_TIMEOUT_S
-    count: int | None = None  # tail N; None: the daemon's default
-    follow: bool = False
-    topic: str | None = None  # help COMMAND
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing and exiting, so the shell can carry on."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(self.format_usage().strip(), f"{self.prog}: {message}")
-
-
-class _Help(argparse.Action):
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        kwargs.update(nargs=0, default=argparse.SUPPRESS)
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        raise HelpRequested(parser.format_help().rstrip())
-
-
-def _slot(text: str) -> str:
-    if text == "all" or (text.isascii() and text.isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"a slot number (0, 1, ...) or all, not {text!r}")
-
-
-def _count(text: str) -> int:
-    if text.isascii() and text.isdigit():
-        return int(text)
-    raise argparse.ArgumentTypeError(f"a number of lines, 0 or more, not {text!r}")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"a number of seconds above 0, not {text!r}")
-    return value
-
-
-def _command_parser(name: str) -> _Parser:
-    spec = COMMANDS[name]
-    parser = _Parser(
-        prog=f"appliancectl {name}",
-        usage=f"appliancectl {name} {spec.arguments}".rstrip(),
-        description=spec.summary,
-        epilog=COMMON_NOTE,
-        add_help=False,
-        allow_abbrev=False,
-    )
-    parser.add_argument("-h", "--help", action=_Help, help="this help")
-    parser.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
-    )
-    parser.add_argument("--socket", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    if name in SLOT_VERBS:
-        parser.add_argument("target", metavar="SLOT|all", type=_slot, help="a slot, or all")
-        parser.add_argument(
-            "--no-wait", action="store_true", help="return once the daemon has the request"
-        )
-        parser.add_argument(
-            "--timeout",
-            metavar="S",
-            type=_seconds,
-            help=f"give up waiting after S seconds (default {WAIT_TIMEOUT_S:g})",
-        )
-    elif name == "tail":
-        parser.add_argument("count", metavar="N", nargs="?", type=_count, help="lines (default 50)")
-        parser.add_argument(
-            "-f", "--follow", action="store_true", help="then follow the log until interrupted"
-        )
-    elif name == "help":
-        parser.add_argument("topic", metavar="COMMAND", nargs="?", help="one command")
-    return parser
-
-
-PARSERS = {name: _command_parser(name) for name in COMMANDS}
-
-
-def _main_usage(message: str) -> UsageError:
-    return UsageError(MAIN_USAGE, f"appliancectl: {message}")
-
-
-def parse(words: Sequence[str], defaults: Defaults = Defaults()) -> Invocation:
-    """The invocation a command line asks for; UsageError or HelpRequested otherwise."""
-    socket_path, as_json, show_version = defaults.socket, defaults.as_json, False
-    rest = list(words)
-    while rest and rest[0].startswith("-") and rest[0] != "-":
-        option = rest.pop(0)
-        if option == "--json":
-            as_json = True
-        elif option == "--version":
-            show_version = True
-        elif option in ("-h", "--help"):
-            raise HelpRequested(help_text(None))
-        elif option == "--socket" or option.startswith("--socket="):
-            value = option.partition("=")[2] if "=" in option else (rest.pop(0) if rest else "")
-            if not value:
-                raise _main_usage("--socket needs a PATH")
-            socket_path = Path(value)
-        elif option.partition("=")[0] in COMMAND_OPTIONS:
-            raise _main_usage(f"{option} belongs after the command it modifies")
-        else:
-            raise _main_usage(f"unknown option {option!r}")
-    if show_version and rest:
-        raise _main_usage("--version takes no command")
-    if not rest:
-        return Invocation(None, socket_path, as_json, show_version=show_version)
-    name, args = rest[0], rest[1:]
-    if name not in COMMANDS:
-        raise _main_usage(f"unknown command {name!r}; try 'help'")
-    parser = PARSERS[name]
-    options, extra = parser.parse_known_args(args)
-    if extra:
-        parser.error(f"unexpected argument {extra[0]!r}")
-    given = vars(options)
-    if given.get("no_wait") and given.get("timeout") is not None:
-        parser.error("--timeout means nothing with --no-wait")
-    if name == "help" and given["topic"] is not None and given["topic"] not in COMMANDS:
-        parser.error(f"unknown command {given['topic']!r}; try 'help'")
-    return Invocation(
-        name,
-        given.get("socket", socket_path),
-        as_json or given.get("json", False),
-        target=given.get("target"),
-        wait=not given.get("no_wait", False),
-        timeout_s=given.get("timeout") or WAIT_TIMEOUT_S,
-        count=given.get("count"),
-        follow=given.get("follow", False),
-        topic=given.get("topic"),
-    )
-
-
-def help_text(topic: str | None) -> str:
-    if topic is not None:
-        return PARSERS[topic].format_help().rstrip()
-    lines = [
-        MAIN_USAGE,
-        "",
-        "With a command, run it and exit; without one, start a shell that takes the same lines.",
-        "",
-        "options:",
-        f"  --socket PATH   the control socket (default: {DEFAULT_SOCKET})",
-        "  --json          machine-readable output",
-        "  --version       this client's version, without asking the daemon",
-        "",
-        "commands ('help COMMAND' tells more):",
-    ]
-    for name, spec in COMMANDS.items():
-        left = f"{name} {spec.arguments}".rstrip()
-        summary = textwrap.wrap(spec.summary, HELP_WIDTH - HELP_INDENT)
-        if len(left) + 4 > HELP_INDENT:  # too long to share a line with its summary
-            lines.append(f"  {left}")
-        else:
-            lines.append(f"  {left:<{HELP_INDENT - 2}}{summary.pop(0)}")
-        lines += [" " * HELP_INDENT + part for part in summary]
-    lines += [
-        "",
-        COMMON_NOTE,
-        "exit codes: 0 done, 1 refused or failed, 2 usage, 3 a worker is not RUNNING (status),",
-        "4 the daemon cannot be reached.",
-    ]
-    return "\n".join(lines)
-
-
-def client_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
 
 # --- talking to the daemon -------------------------------------------------------------------
 
@@ -395,7 +142,7 @@ def execute(invocation: Invocation) -> int:
         if name == "tail":
             return run_tail(client, invocation)
         reply = client.call(name)
-        print(_pretty(_strip(reply)) if invocation.as_json else render(name, reply))
+        print(pretty(strip(reply)) if invocation.as_json else render(name, reply))
         return exit_code(name, reply)
     except Refused as error:
         print(f"appliancectl: {name}: {error}", file=sys.stderr)
@@ -416,7 +163,7 @@ def exit_code(command: str, reply: dict[str, Any]) -> int:
 def _print_client_version(as_json: bool) -> int:
     version = client_version()
     if as_json:
-        print(_pretty({"version": version, "protocol": PROTOCOL_VERSION}))
+        print(pretty({"version": version, "protocol": PROTOCOL_VERSION}))
     else:
         print(f"appliancectl {version}, protocol {PROTOCOL_VERSION}")
     return EXIT_OK
@@ -428,13 +175,13 @@ def run_tail(client: Client, invocation: Invocation) -> int:
     with contextlib.closing(sock):
         lines = [str(line) for line in reply.get("lines", [])]
         if invocation.as_json and not invocation.follow:
-            print(_pretty(_strip(reply)))
+            print(pretty(strip(reply)))
             return EXIT_OK
         for line in lines:
-            print(_compact({"line": line}) if invocation.as_json else line, flush=True)
+            print(compact({"line": line}) if invocation.as_json else line, flush=True)
         if invocation.follow:
             for line in _follow(sock):
-                print(_compact({"line": line}) if invocation.as_json else line, flush=True)
+                print(compact({"line": line}) if invocation.as_json else line, flush=True)
     return EXIT_OK
 
 
@@ -468,7 +215,7 @@ def run_slot_verb(client: Client, invocation: Invocation) -> int:
     if not invocation.wait:
         reply = client.call(verb, [target])
         if invocation.as_json:
-            print(_pretty(_strip(reply)))
+            print(pretty(strip(reply)))
         else:
             for k in reply.get("slots", []):
                 print(f"worker {k}: {verb} requested, not waiting")
@@ -477,7 +224,7 @@ def run_slot_verb(client: Client, invocation: Invocation) -> int:
     slots = [int(k) for k in client.call(verb, [target]).get("slots", [])]
     outcomes = wait_for(client, verb, before, slots, invocation.timeout_s)
     if invocation.as_json:
-        print(_pretty({"slots": slots, "results": [asdict(o) for o in outcomes]}))
+        print(pretty({"slots": slots, "results": [asdict(o) for o in outcomes]}))
     else:
         for outcome in outcomes:
             print(f"worker {outcome.slot}: {outcome.detail}")
@@ -540,103 +287,6 @@ def timed_out(slot: int, now: Worker, timeout_s: float) -> Outcome:
 
 def _workers(reply: dict[str, Any]) -> dict[int, Worker]:
     return {int(w["slot"]): w for w in reply.get("workers", [])}
-
-
-# --- rendering -------------------------------------------------------------------------------
-
-
-def _strip(reply: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in reply.items() if k not in ("v", "ok", "follow")}
-
-
-def _pretty(value: dict[str, Any]) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-
-
-def _compact(value: dict[str, Any]) -> str:
-    return orjson.dumps(value).decode()
-
-
-def render(command: str, reply: dict[str, Any]) -> str:
-    if command == "status":
-        return render_status(reply)
-    if command == "stats":
-        return render_stats(reply)
-    if command == "reload":
-        outcome = reply["reload"]
-        return ("reloaded: " if outcome["ok"] else "") + str(outcome["detail"])
-    if command in ("drain", "undrain"):
-        if reply.get("draining"):
-            return "draining: yes (health answers 503 until undrain)"
-        return "draining: no (health reports the facts again)"
-    if command == "version":
-        return f"applianced {reply.get('version')}, protocol {reply.get('protocol')}"
-    if "detail" in reply:
-        return str(reply["detail"])
-    return " ".join(f"{k}: {v}" for k, v in _strip(reply).items())
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str) -> list[str]:
-    """Columns as wide as their widest cell; `align` has one '<' or '>' per column."""
-    cells = [[str(c) for c in header], *([str(c) for c in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return [
-        "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(row, align, widths, strict=True)).rstrip()
-        for row in cells
-    ]
-
-
-def render_status(reply: dict[str, Any]) -> str:
-    sup = reply["supervisor"]
-    lines = [
-        f"supervisor pid {sup['pid']}, up {sup['uptime_s']} s, config {sup['config']} "
-        f"(generation {sup['generation']}), ready: {'yes' if sup['ready'] else 'no'}, "
-        f"draining: {'yes' if sup['draining'] else 'no'}",
-        f"last reload: {sup['last_reload']['detail']}",
-        *(f"interface: {fact}" for fact in sup.get("interfaces", [])),
-    ]
-    header = ("SLOT", "PID", "CPU", "STATE", "UPTIME", "RESTARTS", "IN", "OUT", "DROPS")
-    rows = [
-        (
-            w["slot"],
-            w["pid"] or "-",
-            w["cpu"],
-            w["state"],
-            "-" if w["uptime_s"] is None else f"{w['uptime_s']}s",
-            w["restarts"],
-            w["packets_in"],
-            w["packets_out"],
-            w["drops"],
-        )
-        for w in reply["workers"]
-    ]
-    lines += table(header, rows, ">>><>>>>>")
-    health = reply.get("health")
-    if health:
-        lines.append(
-            f"health service: {health['state']}, pid {health['pid'] or '-'}, "
-            f"{health['bind']}, restarts {health['restarts']}"
-        )
-    return "\n".join(lines)
-
-
-def render_stats(reply: dict[str, Any]) -> str:
-    columns = [*(f"worker {k}" for k in range(len(reply["workers"]))), "total"]
-    per_column = [*reply["workers"], reply["total"]]
-    total = reply["total"]
-    rows: list[list[object]] = [
-        [name, *(column.get(name, 0) for column in per_column)]
-        for name, value in total.items()
-        if not isinstance(value, dict)
-    ]
-    for group, keys in total.items():
-        if isinstance(keys, dict):
-            prefix = group.split("_by_")[0]
-            rows += [
-                [f"{prefix}[{key}]", *(column.get(group, {}).get(key, 0) for column in per_column)]
-                for key in keys
-            ]
-    return "\n".join(table(["counter", *columns], rows, "<" + ">" * len(columns)))
 
 
 # --- the shell -------------------------------------------------------------------------------

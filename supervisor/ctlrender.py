@@ -1,0 +1,105 @@
+"""appliancectl's text output: the status and stats tables, each column as wide as its widest
+cell, and the one-line answers of the other commands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def strip(reply: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in reply.items() if k not in ("v", "ok", "follow")}
+
+
+def pretty(value: dict[str, Any]) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+
+
+def compact(value: dict[str, Any]) -> str:
+    return orjson.dumps(value).decode()
+
+
+def render(command: str, reply: dict[str, Any]) -> str:
+    if command == "status":
+        return render_status(reply)
+    if command == "stats":
+        return render_stats(reply)
+    if command == "reload":
+        outcome = reply["reload"]
+        return ("reloaded: " if outcome["ok"] else "") + str(outcome["detail"])
+    if command in ("drain", "undrain"):
+        if reply.get("draining"):
+            return "draining: yes (health answers 503 until undrain)"
+        return "draining: no (health reports the facts again)"
+    if command == "version":
+        return f"applianced {reply.get('version')}, protocol {reply.get('protocol')}"
+    if "detail" in reply:
+        return str(reply["detail"])
+    return " ".join(f"{k}: {v}" for k, v in strip(reply).items())
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str) -> list[str]:
+    """Columns as wide as their widest cell; `align` has one '<' or '>' per column."""
+    cells = [[str(c) for c in header], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(f"{cell:{a}{w}}" for cell, a, w in zip(row, align, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+
+
+def render_status(reply: dict[str, Any]) -> str:
+    sup = reply["supervisor"]
+    lines = [
+        f"supervisor pid {sup['pid']}, up {sup['uptime_s']} s, config {sup['config']} "
+        f"(generation {sup['generation']}), ready: {'yes' if sup['ready'] else 'no'}, "
+        f"draining: {'yes' if sup['draining'] else 'no'}",
+        f"last reload: {sup['last_reload']['detail']}",
+        *(f"interface: {fact}" for fact in sup.get("interfaces", [])),
+    ]
+    header = ("SLOT", "PID", "CPU", "STATE", "UPTIME", "RESTARTS", "IN", "OUT", "DROPS")
+    rows = [
+        (
+            w["slot"],
+            w["pid"] or "-",
+            w["cpu"],
+            w["state"],
+            "-" if w["uptime_s"] is None else f"{w['uptime_s']}s",
+            w["restarts"],
+            w["packets_in"],
+            w["packets_out"],
+            w["drops"],
+        )
+        for w in reply["workers"]
+    ]
+    lines += table(header, rows, ">>><>>>>>")
+    health = reply.get("health")
+    if health:
+        lines.append(
+            f"health service: {health['state']}, pid {health['pid'] or '-'}, "
+            f"{health['bind']}, restarts {health['restarts']}"
+        )
+    return "\n".join(lines)
+
+
+def render_stats(reply: dict[str, Any]) -> str:
+    columns = [*(f"worker {k}" for k in range(len(reply["workers"]))), "total"]
+    per_column = [*reply["workers"], reply["total"]]
+    total = reply["total"]
+    rows: list[list[object]] = [
+        [name, *(column.get(name, 0) for column in per_column)]
+        for name, value in total.items()
+        if not isinstance(value, dict)
+    ]
+    for group, keys in total.items():
+        if isinstance(keys, dict):
+            prefix = group.split("_by_")[0]
+            rows += [
+                [f"{prefix}[{key}]", *(column.get(group, {}).get(key, 0) for column in per_column)]
+                for key in keys
+            ]
+    return "\n".join(table(["counter", *columns], rows, "<" + ">" * len(columns)))
