@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def _workers(text: str) -> int | None:
 
 
 def setup_logging(ring: LogRing) -> None:
-    formatter = logging.Formatter(LOG_FORMAT)
+    # Under systemd the journal stamps each of our lines with SyslogIdentifier[pid] already
+    # ($JOURNAL_STREAM says stderr goes there); the prefix would appear twice.
+    own = "%(levelname)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else LOG_FORMAT
+    formatter = logging.Formatter(own)
     stderr = logging.StreamHandler(sys.stderr)
     for handler in (stderr, ring):
         handler.setFormatter(formatter)

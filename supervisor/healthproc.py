@@ -5,7 +5,8 @@ any host, systemd or not, and the supervisor restarts gunicorn if it dies, as it
 deliberately *not* tied to the supervisor's death (no parent-death signal): if the supervisor
 vanishes, the health service stays up and says so with a 503, the truthful answer, instead of
 leaving GWLB to infer it from a refused connection. The next supervisor replaces that instance
-through the pidfile before starting its own. Under systemd the whole cgroup stops with the unit.
+through the pidfile before starting its own. Under the systemd unit (KillMode=control-group) the
+whole cgroup stops when the supervisor dies, and the unit restarts the appliance (deploy/README.md).
 """
 
 from __future__ import annotations

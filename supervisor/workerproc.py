@@ -41,6 +41,7 @@ PR_SET_PDEATHSIG = 1
 # The keys a worker applies when the config generation changes; config.diff.live_keys() (the
 # schema's LIVE marks) must name exactly these (tests/unit/test_reload_plan.py holds them equal).
 APPLIED_LIVE = ("dataplane.allow_sources", "policy")
+# A worker's lines reach the journal through the supervisor's pipe, so they carry their own pid.
 LOG_FORMAT = "applianced[%(process)d]: %(levelname)s: %(message)s"
 
 log = logging.getLogger("applianced")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine, as root, for the demo and the tests: the system tools they use
-# (iproute2, OpenBSD netcat, ping, tcpdump, gcc for the benchmark) and a virtual environment at
-# .venv with the appliance installed (editable) with its test and dev extras. Idempotent.
+# (iproute2, OpenBSD netcat, ping, tcpdump, gcc for the benchmark, mmdebstrap and systemd-nspawn for
+# the unit's test under systemd) and a virtual environment at .venv with the appliance installed
+# (editable) with its test and dev extras. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -12,6 +13,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
