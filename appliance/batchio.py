@@ -1,4 +1,4 @@
-"""Batched datagram I/O: recvmmsg(2) and sendmmsg(2) through ctypes.
+"""Batched datagram I/O: recvmmsg(2) and sendmmsg(2) through ctypes, the worker's socket backend.
 
 Why: system calls dominate a Python data path, and the standard library has no recvmmsg/sendmmsg.
 Everything the kernel reads or writes is allocated once: one arena of fixed-size slots (each slot
@@ -7,6 +7,11 @@ place and the reply goes out as one contiguous buffer), the sockaddr and control
 mmsghdr arrays themselves, which live inside bytearrays so Python reads results with struct instead
 of slow ctypes attribute access. A receive waits for the first datagram at most for the socket's
 SO_RCVTIMEO, then takes whatever else is queued (MSG_WAITFORONE).
+
+`SocketBatchIO` puts the two halves (`ReceiveBatch`, `SendBatch`) behind appliance.batch.BatchIO,
+the seam the worker loop talks to. Each batch object keeps the ctypes views that give the kernel
+its buffers' addresses (an exported bytearray cannot be resized, so the addresses stay valid); they
+go with it.
 """
 
 from __future__ import annotations
@@ -15,14 +20,20 @@ import ctypes
 import errno
 import socket
 import struct
+import sys
+from itertools import compress
 
-from appliance.reply import HEADER_LEN
+from appliance.batch import NO_REPLY, ROOM, TRUNCATED
+from appliance.geneve import GENEVE_PORT
+from appliance.reply import DONT_FRAGMENT, HEADER, HEADER_LEN, TTL_PROTOCOL, VERSION_IHL_TOS
 
 HEADROOM = HEADER_LEN  # the reply's IPv4 + UDP header, written in front of the datagram
-MAX_DATAGRAM = 9001  # a jumbo-frame MTU's worth: never truncate what GWLB can send
+MAX_DATAGRAM = ROOM  # a jumbo-frame MTU's worth: never truncate what GWLB can send
 SLOT_BYTES = 9216  # HEADROOM + MAX_DATAGRAM, rounded up; a larger datagram comes back truncated
+assert HEADROOM + MAX_DATAGRAM <= SLOT_BYTES
 MSG_WAITFORONE = 0x10000
 MSG_TRUNC = 0x20
+assert MSG_TRUNC == TRUNCATED  # the kernel's msg_flags go to the loop as they are
 _NAME_BYTES = 16  # sockaddr_in
 _PKTINFO_ADDR = socket.CMSG_LEN(0) + 8  # in_pktinfo: ifindex, spec_dst, then addr
 _CONTROL_BYTES = socket.CMSG_SPACE(12)
@@ -65,9 +76,20 @@ _IOVEC = struct.Struct("@PN")  # pointer, size_t
 _SIZE_T = ctypes.sizeof(ctypes.c_size_t)
 # An mmsghdr as size_t words (pointers are size_t wide on Linux): its length and where its
 # msg_name and msg_iov pointers are.
-MSG_WORDS = _MSIZE // _SIZE_T
-NAME_WORD = _Msghdr.msg_name.offset // _SIZE_T
-IOV_WORD = _Msghdr.msg_iov.offset // _SIZE_T
+_MSG_WORDS = _MSIZE // _SIZE_T
+_NAME_WORD = _Msghdr.msg_name.offset // _SIZE_T
+_IOV_WORD = _Msghdr.msg_iov.offset // _SIZE_T
+_IOV_LEN_WORD = _Iovec.iov_len.offset // _SIZE_T
+_IOV_WORDS = _IOVSIZE // _SIZE_T
+# The reply header's variable fields (reply.py: byte offsets in a slot), and where their sources
+# are as 4-byte words: the sender's sin_addr is word 1 of its sockaddr_in, sin_port 16-bit item 1.
+_TOTAL_LENGTH_AT, _SOURCE_AT, _PORT_AT, _UDP_LENGTH_AT = 2, 12, 20, 24
+_NAME_WORDS = _NAME_BYTES // 4
+_CONTROL_WORDS = _CONTROL_BYTES // 4
+_PKTINFO_WORD = _PKTINFO_ADDR // 4
+# A 16-bit value in network byte order as the native-order item that stores it: a list index
+# is cheaper than a struct call or the shifts. Every length a slot can hold is in it.
+_BIG_ENDIAN = [int.from_bytes(x.to_bytes(2, "big"), sys.byteorder) for x in range(SLOT_BYTES)]
 
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
@@ -77,12 +99,10 @@ _sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int
 _sendmmsg.restype = ctypes.c_int
 
 
-_pinned: list[object] = []  # ctypes views that keep the kernel-visible bytearrays from resizing
-
-
-def _address(buffer: bytearray) -> int:
+def _address(buffer: bytearray, views: list[object]) -> int:
+    """The address of `buffer`'s bytes, pinned for as long as `views` (its owner's) lives."""
     view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
-    _pinned.append(view)  # an exported bytearray cannot be resized: its address stays valid
+    views.append(view)  # an exported bytearray cannot be resized: its address stays valid
     return ctypes.addressof(view)
 
 
@@ -101,9 +121,13 @@ class ReceiveBatch:
         self.control = bytearray(_CONTROL_BYTES * size)
         self.headers = bytearray(_MSIZE * size)
         self._iovecs = bytearray(_IOVSIZE * size)
-        arena, names, control = _address(self.arena), _address(self.names), _address(self.control)
+        self._views: list[object] = []  # what the kernel's pointers point into, pinned
+        views = self._views
+        arena = _address(self.arena, views)
+        names, control = _address(self.names, views), _address(self.control, views)
         self.arena_address = arena
-        iovecs = _address(self._iovecs)
+        self.names_address = names
+        iovecs = _address(self._iovecs, views)
         msgs = (_Mmsghdr * size).from_buffer(self.headers)
         for i in range(size):
             _IOVEC.pack_into(
@@ -119,7 +143,7 @@ class ReceiveBatch:
         del msgs, hdr  # no exported views may outlive __init__ in Python's hands
         self._pristine = memoryview(bytes(self.headers))
         self._dirty = 0  # bytes of `headers` the kernel may have changed since they were pristine
-        self._headers_address = _address(self.headers)
+        self._headers_address = _address(self.headers, views)
         # One struct per batch size reads a field of every message at once: a call per batch
         # instead of one per datagram (the messages, names and controls are evenly spaced).
         gap = _MSIZE - 12
@@ -164,52 +188,127 @@ class ReceiveBatch:
 class SendBatch:
     """Replies for a ReceiveBatch, sent with one sendmmsg on a raw IP_HDRINCL socket.
 
-    Reply i is slot i of the receive arena (the header written into its headroom) addressed to
-    the sockaddr the datagram came from (a raw socket ignores the port). Message i points at
-    those once and for all, so queueing a reply only writes its length into `lengths` and bumps
-    `count`. When a datagram before it got no reply, message j must carry slot i's reply to keep
-    the array contiguous: the messages differ only in their msg_name and msg_iov pointers, so the
-    caller stores slot i's two pointers (`name_pointers[i]`, `iov_pointers[i]`) into message j's
-    words (`words[j * MSG_WORDS + NAME_WORD]`, `... + IOV_WORD`), two item stores instead of a
-    call, and sets `moved` to how many leading messages may have changed; `flush` restores them.
+    Reply i is slot i of the receive arena, its outer IPv4+UDP header (reply.py) in the headroom,
+    addressed to the sockaddr the datagram came from (a raw socket ignores the port). Message i
+    points at those once and for all. The header's constant fields are written once, here: nothing
+    else writes a slot's headroom (the kernel and a rewrite write from the datagram's start on).
+    `prepare` copies the whole batch's addresses and ports into the headers with three strided
+    copies, then per queued reply stores its two length fields and its iovec length, and counts it.
+    When a datagram before it got no reply, message j must carry slot i's reply to keep the array
+    contiguous: the messages differ only in their msg_name and msg_iov pointers, so slot i's two
+    pointers are stored into message j's words (two item stores instead of copying a message),
+    and `moved` says how many leading messages may have changed; `flush` restores them.
     """
 
     def __init__(self, rx: ReceiveBatch) -> None:
         size = rx.size
         self.count = 0
+        self._rx = rx
         self._iovecs = bytearray(_IOVSIZE * size)
         self._headers = bytearray(_MSIZE * size)
-        iovecs, names = _address(self._iovecs), _address(rx.names)  # pinned: never resized
+        self._views: list[object] = []  # what the kernel's pointers point into, pinned
+        iovecs = _address(self._iovecs, self._views)
         # size_t words ("N": typeshed lists only the fixed-size formats, hence the ignore)
         self._lengths: memoryview = memoryview(self._iovecs).cast("N")  # type: ignore[call-overload]
         msgs = (_Mmsghdr * size).from_buffer(self._headers)
         for i in range(size):
             _IOVEC.pack_into(self._iovecs, i * _IOVSIZE, rx.arena_address + i * SLOT_BYTES, 0)
             hdr = msgs[i].msg_hdr
-            hdr.msg_name = names + i * _NAME_BYTES
+            hdr.msg_name = rx.names_address + i * _NAME_BYTES  # rx pins the names
             hdr.msg_namelen = _NAME_BYTES
             hdr.msg_iov = iovecs + i * _IOVSIZE
             hdr.msg_iovlen = 1
+            # The kernel fills in the IPv4 checksum (reply.py); lengths and addresses: prepare.
+            HEADER.pack_into(
+                rx.arena,
+                i * SLOT_BYTES,
+                VERSION_IHL_TOS,
+                0,
+                0,
+                DONT_FRAGMENT,
+                TTL_PROTOCOL,
+                0,
+                0,
+                0,
+                0,
+                GENEVE_PORT,
+                0,
+                0,
+            )
         del msgs, hdr
         self._pristine = memoryview(bytes(self._headers))
         self.moved = 0  # messages up to here may hold another slot's reply (see the class doc)
-        self._headers_address = _address(self._headers)
-        self.words: memoryview = memoryview(self._headers).cast("N")  # type: ignore[call-overload]
-        self.name_pointers = [self.words[i * MSG_WORDS + NAME_WORD] for i in range(size)]
-        self.iov_pointers = [self.words[i * MSG_WORDS + IOV_WORD] for i in range(size)]
+        self._headers_address = _address(self._headers, self._views)
+        self._words: memoryview = memoryview(self._headers).cast("N")  # type: ignore[call-overload]
+        # Per slot: its index, where its IPv4 total length and UDP length go (16-bit items of the
+        # arena), where its iovec length goes, and its message's two pointers.
+        self._slots = tuple(
+            (
+                i,
+                (i * SLOT_BYTES + _TOTAL_LENGTH_AT) // 2,
+                (i * SLOT_BYTES + _UDP_LENGTH_AT) // 2,
+                i * _IOV_WORDS + _IOV_LEN_WORD,
+                self._words[i * _MSG_WORDS + _NAME_WORD],
+                self._words[i * _MSG_WORDS + _IOV_WORD],
+            )
+            for i in range(size)
+        )
+        self._no_replies = [NO_REPLY] * size
+        # Native-order views for the strided copies: 4-byte addresses and 2-byte ports are moved
+        # as raw bytes, so they stay in network order.
+        self._fields = memoryview(rx.arena).cast("H")
+        self._arena_words = memoryview(rx.arena).cast("I")
+        self._name_words = memoryview(rx.names).cast("I")
+        self._name_fields = memoryview(rx.names).cast("H")
+        self._control_words = memoryview(rx.control).cast("I")
 
-    @property
-    def lengths(self) -> memoryview:
-        """The iovec array as size_t words: slot i's reply length is word `length_index(i)`.
-        A memoryview item store is the cheapest write Python has: no call, no struct."""
-        return self._lengths
+    def prepare(self, replies: list[int], n: int) -> int:
+        """Take the replies queued in replies[:n] (a length per datagram, NO_REPLY for none:
+        appliance.batch), complete their headers and iovecs, line their messages up, and clear
+        replies[:n]; return how many are ready to send."""
+        asked = replies[:n]
+        if any(asked):  # a batch that is all drops (a flood of them) needs no addresses
+            self._copy_addresses(n)
+        fields, lengths, words, big_endian = self._fields, self._lengths, self._words, _BIG_ENDIAN
+        headroom = HEADROOM
+        queued = 0
+        # Only the slots with a reply, and their lengths: skipping the others costs nothing here.
+        for (i, total_at, udp_at, length_at, name_pointer, iov_pointer), length in zip(
+            compress(self._slots, asked), filter(None, asked), strict=True
+        ):
+            total = headroom + length
+            fields[total_at] = big_endian[total]  # the kernel would fill it in; we write it true
+            fields[udp_at] = big_endian[length + 8]
+            lengths[length_at] = total
+            if queued != i:  # keep the messages contiguous after a datagram without reply
+                at = queued * _MSG_WORDS
+                words[at + _NAME_WORD] = name_pointer
+                words[at + _IOV_WORD] = iov_pointer
+            queued += 1
+        replies[:n] = self._no_replies[:n]
+        self.count = queued
+        if queued != n:
+            self.moved = queued
+        return queued
 
-    @staticmethod
-    def length_index(i: int) -> int:
-        return (i * _IOVSIZE + _Iovec.iov_len.offset) // _SIZE_T
+    def _copy_addresses(self, n: int) -> None:
+        """Every header of the batch gets its source address (IP_PKTINFO's), its destination and
+        destination port (the sender's sockaddr): one strided memoryview copy per field."""
+        step_words, step_fields = SLOT_BYTES // 4, SLOT_BYTES // 2
+        at, name, pktinfo = _SOURCE_AT // 4, _NAME_WORDS, _PKTINFO_WORD
+        self._arena_words[at : at + step_words * n : step_words] = self._control_words[
+            pktinfo : pktinfo + _CONTROL_WORDS * n : _CONTROL_WORDS
+        ]
+        self._arena_words[at + 1 : at + 1 + step_words * n : step_words] = self._name_words[
+            1 : 1 + name * n : name
+        ]  # sin_addr
+        at = _PORT_AT // 2
+        self._fields[at : at + step_fields * n : step_fields] = self._name_fields[
+            1 : 1 + 2 * name * n : 2 * name
+        ]  # sin_port
 
     def flush(self, fd: int) -> tuple[int, list[int]]:
-        """Send everything queued: (packets sent, errno of each packet that failed)."""
+        """Send everything prepared: (packets sent, errno of each packet that failed)."""
         sent, failures, position, total = 0, [], 0, self.count
         self.count = 0
         while position < total:  # each round moves position by at least one
@@ -220,8 +319,53 @@ class SendBatch:
             else:
                 sent += done
                 position += done
+        self._restore()
+        return sent, failures
+
+    def discard(self) -> None:
+        """Forget what was prepared without sending it (a profiler that has nowhere to send)."""
+        self.count = 0
+        self._restore()
+
+    def _restore(self) -> None:
         moved = self.moved * _MSIZE
         if moved:
             self._headers[:moved] = self._pristine[:moved]
             self.moved = 0
-        return sent, failures
+
+
+class SocketBatchIO:
+    """appliance.batch.BatchIO over a worker's UDP socket (recvmmsg) and raw socket (sendmmsg).
+
+    `rx` and `tx` are the two halves, public for whoever lays out a batch by hand (the profiler).
+    """
+
+    def __init__(self, data_socket: socket.socket, raw_socket: socket.socket, size: int) -> None:
+        self.rx = ReceiveBatch(size)
+        self.tx = SendBatch(self.rx)
+        self.size = size
+        self.buffer = self.rx.arena
+        self.replies = [NO_REPLY] * size
+        self._starts = tuple(i * SLOT_BYTES + HEADROOM for i in range(size))
+        self._data_fd = data_socket.fileno()
+        self._raw_fd = raw_socket.fileno()
+        self._sockets = (data_socket, raw_socket)  # keep them open as long as we are
+
+    def receive(self) -> int:
+        return self.rx.receive(self._data_fd)
+
+    def starts(self, n: int) -> tuple[int, ...]:
+        return self._starts[:n]
+
+    def results(self, n: int) -> tuple[int, ...]:
+        return self.rx.results(n)
+
+    def senders(self, n: int) -> tuple[int, ...]:
+        return self.rx.senders(n)
+
+    def destinations(self, n: int) -> tuple[int, ...]:
+        return self.rx.destinations(n)
+
+    def flush(self, n: int) -> tuple[int, list[int]]:
+        self.tx.prepare(self.replies, n)
+        return self.tx.flush(self._raw_fd)

@@ -38,7 +38,6 @@ _V4 = struct.Struct("!I4xI8xI8xI4x" + "BxH2xHxB10x" + "HHHH4xB")
 _V6 = struct.Struct("!I4xI8xI8xI4x" + "IHB33x" + "HHHH4xB")
 GENEVE_V4 = 0x08000800  # version 0, opt len 8 words, no flags, protocol IPv4
 GENEVE_V6 = 0x080086DD
-TAGS = (0x01080102, 0x01080202, 0x01080301)  # endpoint id, attachment id, flow cookie
 ALL = None  # every packet of the protocol may match a rule
 _WHOLE = Fragment.NONE
 _new = tuple.__new__  # builds the NamedTuple without its Python-level __new__: half the cost

@@ -1,9 +1,13 @@
 """The worker loop: receive a batch, decide each datagram, reply to GWLB in one batch.
 
-The loop is deliberately flat: everything per packet is local-variable lookups, slicing and a call
-to the pure `handle_datagram`. A datagram that is malformed is counted and skipped; it never stops
-its neighbours in the batch. The receive waits at most the socket's timeout (1 s) so that the
-heartbeat is stamped even when no traffic comes.
+The loop talks to its I/O only through appliance.batch.BatchIO, once per batch: it gets the buffer,
+where each datagram starts and the kernel's results as flat tuples, and queues a reply by storing
+its length into `replies`; the backend writes the outer headers and sends when it flushes.
+Per packet the loop is flat: local-variable lookups, the fast path's one or two struct reads
+(fastpath.FastPath.classify), and only for a packet some rule may touch the policy
+(datapath.decide_parsed) or the full parse (datapath.decide_in_place). A datagram that is
+malformed is counted and skipped; it never stops its neighbours in the batch. The receive waits at
+most the socket's timeout (1 s) so that the heartbeat is stamped even when no traffic comes.
 """
 
 from __future__ import annotations
@@ -12,23 +16,13 @@ import socket
 from collections.abc import Callable
 
 from appliance import counters as cnt
-from appliance.batchio import (
-    HEADROOM,
-    IOV_WORD,
-    MSG_TRUNC,
-    MSG_WORDS,
-    NAME_WORD,
-    SLOT_BYTES,
-    ReceiveBatch,
-    SendBatch,
-)
+from appliance.batch import TRUNCATED, BatchIO
+from appliance.batchio import SocketBatchIO
 from appliance.counters import Counter
 from appliance.datapath import Outcome, decide_in_place, decide_parsed
 from appliance.errors import Reason
 from appliance.fastpath import FastPath
-from appliance.geneve import GENEVE_PORT
 from appliance.policy import Policy
-from appliance.reply import DONT_FRAGMENT, HEADER, TTL_PROTOCOL, VERSION_IHL_TOS
 from appliance.sources import SourceFilter
 
 _RULE_LAST = cnt.RULE_BASE + cnt.MAX_RULES - 1
@@ -44,7 +38,10 @@ _RECEIVED, _SENT, _PASSED, _REWRITTEN, _DROPPED, _BATCHES, _DISALLOWED = (
 )
 _RULE_BASE, _MAX_RULES = cnt.RULE_BASE, cnt.MAX_RULES
 _PASS, _REWRITE, _DROP = Outcome.PASS, Outcome.REWRITE, Outcome.DROP
-_MSG_WORDS, _NAME_WORD, _IOV_WORD = MSG_WORDS, NAME_WORD, IOV_WORD
+# A flag of our own, above the backend's 32 bits: the sender is not on the allow-list. Marking it
+# per batch leaves the loop one flags test for both reasons to skip a datagram.
+_FOREIGN = 1 << 32
+_SKIP = TRUNCATED | _FOREIGN
 
 
 def _no_heartbeat() -> None:
@@ -52,7 +49,7 @@ def _no_heartbeat() -> None:
 
 
 class Worker:
-    """One data-path loop over its own UDP socket and raw socket."""
+    """One data-path loop over its own batch I/O (by default its UDP socket and a raw socket)."""
 
     def __init__(
         self,
@@ -64,21 +61,39 @@ class Worker:
         batch_size: int = 128,
         heartbeat: Callable[[], None] = _no_heartbeat,
     ) -> None:
+        """A worker on its slot's UDP socket and a raw socket (how the supervisor boots one)."""
+        io = SocketBatchIO(data_socket, raw_socket, batch_size)
+        self._setup(io, policy, counters, sources, heartbeat)
+
+    @classmethod
+    def over(
+        cls,
+        io: BatchIO,
+        policy: Policy,
+        counters: memoryview,
+        sources: SourceFilter | None = None,
+        heartbeat: Callable[[], None] = _no_heartbeat,
+    ) -> Worker:
+        """A worker on any batch I/O backend (a fake in tests, a memory-mapped ring)."""
+        worker = cls.__new__(cls)
+        worker._setup(io, policy, counters, sources, heartbeat)
+        return worker
+
+    def _setup(
+        self,
+        io: BatchIO,
+        policy: Policy,
+        counters: memoryview,
+        sources: SourceFilter | None,
+        heartbeat: Callable[[], None],
+    ) -> None:
+        self.io = io
         self.policy = policy  # replaced whole on reload (the setter recompiles the fast path)
         self.counters = counters
         self.sources = sources
         self.heartbeat = heartbeat
-        self._data_fd = data_socket.fileno()
-        self._raw_fd = raw_socket.fileno()
-        self._sockets = (data_socket, raw_socket)  # keep them open as long as we are
-        self._rx = ReceiveBatch(batch_size)
-        self._tx = SendBatch(self._rx)
-        # Per slot: index, where its reply length goes, the slot's start and the datagram's.
-        self._slots = [
-            (i, SendBatch.length_index(i), i * SLOT_BYTES, i * SLOT_BYTES + HEADROOM)
-            for i in range(batch_size)
-        ]
         self.stopping = False
+        self._pending = 0  # datagrams processed whose replies are not flushed yet
 
     @property
     def policy(self) -> Policy:
@@ -97,7 +112,7 @@ class Worker:
 
     def run_once(self) -> int:
         """Receive one batch (waiting at most the socket timeout) and answer it; return its size."""
-        n = self._rx.receive(self._data_fd)
+        n = self.io.receive()
         self.heartbeat()
         if n:
             self.process(n)
@@ -105,47 +120,37 @@ class Worker:
         return n
 
     def process(self, n: int) -> None:
-        """Decide the n datagrams of the receive batch and queue the replies.
+        """Decide the first n datagrams of the batch and queue their replies (flush sends them).
 
-        The hot loop: everything is a local, each slot's offsets are precomputed, the kernel's
-        results for the whole batch are read with one struct call per field, and most packets
-        are settled by the fast path's one or two struct reads.
+        The hot loop: everything is a local, the batch's starts and results come as flat tuples
+        (one call each per batch), most packets are settled by the fast path's one or two struct
+        reads, and queueing a reply is one list store.
         """
-        rx, c = self._rx, self.counters
-        arena = rx.arena
-        classify, policy, sources = self._fast.classify, self._policy, self.sources
-        tx = self._tx
-        write_header, lengths = HEADER.pack_into, tx.lengths  # reply.py: the header's layout
-        words, name_pointers, iov_pointers = tx.words, tx.name_pointers, tx.iov_pointers
-        pass_, rewrite, drop = _PASS, _REWRITE, _DROP
-        queued = 0
-        truncated, headroom = MSG_TRUNC, HEADROOM
+        io, c = self.io, self.counters
+        buffer, replies = io.buffer, io.replies
+        classify, policy = self._fast.classify, self._policy
+        pass_, rewrite, drop, skip = _PASS, _REWRITE, _DROP, _SKIP
         passed = rewritten = 0
-        sender_fields = rx.senders(n)
-        if sources is not None and all(map(sources, set(sender_fields[1::2]))):
-            sources = None  # every sender in the batch is allowed (the usual case): no check each
-        results, senders = iter(rx.results(n)), iter(sender_fields)
-        for (i, length_at, slot, start), flags, length, port, peer, local in zip(
-            self._slots[:n], results, results, senders, senders, rx.destinations(n), strict=True
-        ):
-            if flags & truncated:
-                self._refuse(Outcome.MALFORMED, Reason.DATAGRAM_TOO_BIG)
+        results = io.results(n)
+        if self.sources is not None:
+            results = _mark_foreign(results, io.senders(n), self.sources)
+        flat = iter(results)
+        for i, start, flags, length in zip(range(n), io.starts(n), flat, flat, strict=True):
+            if flags & skip:
+                self._skip(flags)
                 continue
-            if sources is not None and not sources(peer):
-                c[_DISALLOWED] += 1
-                continue
-            parsed = classify(arena, start, length)
+            parsed = classify(buffer, start, length)
             if parsed is True:
                 passed += 1
             else:
                 if parsed is None:
-                    outcome, detail, end = decide_in_place(arena, start, start + length, policy)
+                    outcome, detail, end = decide_in_place(buffer, start, start + length, policy)
                 else:
-                    outcome, detail, end = decide_parsed(arena, parsed, policy)
+                    outcome, detail, end = decide_parsed(buffer, parsed, policy)
                 if outcome is pass_:
                     passed += 1
                 elif outcome is rewrite:
-                    length = end - start  # rewritten in its slot, which has room to grow
+                    length = end - start  # rewritten where it lies: its ROOM has space to grow
                     rewritten += 1
                 elif outcome is drop:
                     c[_DROPPED] += 1
@@ -154,46 +159,30 @@ class Worker:
                 else:
                     self._refuse(outcome, detail)
                     continue
-            write_header(
-                arena,
-                slot,
-                VERSION_IHL_TOS,
-                headroom + length,
-                0,
-                DONT_FRAGMENT,
-                TTL_PROTOCOL,
-                0,  # the kernel fills in the header checksum (reply.py)
-                local,
-                peer,
-                port,
-                GENEVE_PORT,
-                length + 8,
-                0,
-            )
-            lengths[length_at] = headroom + length
-            if queued != i:  # keep the messages contiguous after a dropped datagram (SendBatch)
-                at = queued * _MSG_WORDS
-                words[at + _NAME_WORD] = name_pointers[i]
-                words[at + _IOV_WORD] = iov_pointers[i]
-            queued += 1
-        tx.count = queued
-        if queued != n:
-            tx.moved = queued
+            replies[i] = length
+        self._pending = n
         c[_RECEIVED] += n
         c[_BATCHES] += 1
         c[_PASSED] += passed
         c[_REWRITTEN] += rewritten
 
     def flush(self) -> None:
-        """Send the queued replies in one sendmmsg (more only when the kernel refuses one)."""
-        if not self._tx.count:
+        """Send the queued replies (in one sendmmsg on the socket backend)."""
+        n, self._pending = self._pending, 0
+        if not n:
             return
         c = self.counters
-        sent, failures = self._tx.flush(self._raw_fd)
+        sent, failures = self.io.flush(n)
         c[_SENT] += sent
         for code in failures:
             c[Counter.SEND_ERRORS] += 1
             c[cnt.send_errno_index(code)] += 1
+
+    def _skip(self, flags: int) -> None:
+        if flags & TRUNCATED:
+            self._refuse(Outcome.MALFORMED, Reason.DATAGRAM_TOO_BIG)
+        else:
+            self.counters[_DISALLOWED] += 1
 
     def _refuse(self, outcome: Outcome, detail: int) -> None:
         c = self.counters
@@ -207,3 +196,19 @@ class Worker:
             c[Counter.OVERSIZE] += 1
         else:
             c[Counter.UNREWRITABLE] += 1
+
+
+def _mark_foreign(
+    results: tuple[int, ...], senders: tuple[int, ...], sources: SourceFilter
+) -> tuple[int, ...]:
+    """`results` with _FOREIGN set in the flags of each datagram whose sender the allow-list
+    refuses. Each distinct sender is asked once per batch; when all are allowed (the usual case)
+    the loop gets `results` as they are and never looks at a sender."""
+    peers = senders[1::2]
+    if all(map(sources, set(peers))):
+        return results
+    marked = list(results)
+    for i, peer in enumerate(peers):
+        if not sources(peer):
+            marked[2 * i] |= _FOREIGN
+    return tuple(marked)

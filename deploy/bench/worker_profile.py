@@ -1,5 +1,7 @@
-"""Profile the worker's hot loop without sockets: a batch of the benchmark's traffic mix is laid
-into the receive slots as recvmmsg would, and `Worker.process` decides it again and again.
+"""Profile the worker's hot loop without system calls: a batch of the benchmark's traffic mix is
+laid into the socket backend's receive slots as recvmmsg would, then `Worker.process` decides it
+and the backend prepares the replies (outer headers, message array: everything its flush does but
+the sendmmsg), again and again.
 
     python3 deploy/bench/worker_profile.py [--batches 3000] [--profile]
 
@@ -30,6 +32,7 @@ from appliance.batchio import (
     PKTINFO_OFFSET,
     RESULT_OFFSET,
     SLOT_BYTES,
+    SocketBatchIO,
 )
 from appliance.counters import new_counters
 from appliance.worker import Worker
@@ -92,8 +95,9 @@ class Bench:
     def __init__(self) -> None:
         data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        self.worker = Worker(data, raw_sock, load_config().policy, new_counters(), batch_size=64)
-        self.rx = self.worker._rx
+        self.io = SocketBatchIO(data, raw_sock, 64)
+        self.worker = Worker.over(self.io, load_config().policy, new_counters())
+        self.rx = self.io.rx
 
     def load(self, datagrams: list[bytes]) -> int:
         rx = self.rx
@@ -108,17 +112,17 @@ class Bench:
 
     def run(self, batches: int) -> float:
         """Seconds of CPU per packet over `batches` batches (slots re-laid between batches)."""
-        n, rx, tx, worker = len(self.datagrams), self.rx, self.worker._tx, self.worker
+        n, rx, io, worker = len(self.datagrams), self.rx, self.io, self.worker
+        prepare, replies = io.tx.prepare, io.replies
         spent = 0.0
         for _ in range(batches):
             for i, d in enumerate(self.datagrams):  # a rewrite changed its slot: lay it again
                 rx.arena[i * SLOT_BYTES + HEADROOM : i * SLOT_BYTES + HEADROOM + len(d)] = d
             start = time.process_time()
             worker.process(n)
+            prepare(replies, n)  # the flush's work up to the system call
             spent += time.process_time() - start
-            tx.count = 0
-            tx._headers[:] = tx._pristine
-            tx.moved = 0
+            io.tx.discard()
         return spent / (batches * n)
 
 
@@ -130,7 +134,7 @@ def main() -> None:
     bench = Bench()
     for payload in (64, 1400):
         classes = mix(payload)
-        print(f"{payload} B payload, user-space CPU per packet in Worker.process (batch of 64):")
+        print(f"{payload} B payload, user-space CPU per packet, process + prepare (batch of 64):")
         for name, datagrams in classes.items():
             bench.load((datagrams * 64)[:64])
             print(f"  {name:<10} {bench.run(args.batches // 4) * 1e6:6.2f} us")

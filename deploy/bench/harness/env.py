@@ -151,7 +151,8 @@ def write_config(work: Path, mode: str) -> Path:
         if stripped.startswith("["):
             section = stripped
         for (where, key), value in wanted.items():
-            if section == where and re.match(rf"{key}\s*=", stripped):
+            # a key the default file only shows commented out counts too ("# dir = ...")
+            if section == where and re.match(rf"(# )?{key}\s*=", stripped):
                 line = f"{key} = {value}"
                 done.add((where, key))
         out.append(line)
