@@ -130,6 +130,9 @@ def _parse_ipv6(buf: Buffer, start: int, end: int) -> InnerPacket:
             fragment = _fragment_state(frag >> 3, bool(frag & 1))
             next_header = buf[offset]
             offset += 8
+            if fragment == Fragment.LATER:  # what follows is opaque fragment data (RFC 8200
+                # §4.5), whatever header type the fragment header names: nothing more to walk
+                return _transport(buf, 6, start, end, next_header, offset, fragment, routed)
         else:
             return _transport(buf, 6, start, end, next_header, offset, fragment, routed)
     raise DecodeError("ipv6", offset, Reason.IPV6_EXTENSION_CHAIN, "too many extension headers")

@@ -10,17 +10,21 @@ were answered, the emulator's report and the appliance's stderr, and removes eve
 With the appliance's demo policy, a should get `test` and `strongly typed programming language`
 (never `drop me`) and pings 5 and 10 go unanswered. With the trivial reflector
 (--appliance-cmd "python3 deploy/local/trivial_reflector.py") everything arrives unchanged.
-The exit status is 0 when the run completed, whatever it showed.
+The exit status is 0 when the run completed, whatever it showed; 130 after Ctrl-C, which stops
+the run and still removes everything it made.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +157,23 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"      {example['kind']}: {example['detail']}")
 
 
+@contextlib.contextmanager
+def built(tb: Testbed) -> Iterator[Testbed]:
+    """The test bed, torn down when the block ends, however it ends: SIGINT is ignored from then
+    on, so that a second Ctrl-C cannot cut the teardown short (the first one already switched
+    it off in _interrupt_once)."""
+    with tb:
+        try:
+            yield tb
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
-    with tempfile.TemporaryDirectory(prefix="gwlb-demo-") as tmp, Testbed(appliances=1) as tb:
+    with (
+        tempfile.TemporaryDirectory(prefix="gwlb-demo-") as tmp,
+        built(Testbed(appliances=1)) as tb,
+    ):
         workdir = Path(tmp)
         print(
             f"test bed {tb.prefix}: a={tb.a_ip4}/{tb.a_ip6} b={tb.b_ip4}/{tb.b_ip6} "
@@ -190,6 +209,14 @@ def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
     return 0
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    """The first SIGINT stops the run; any later one (a second Ctrl-C, or the same signal sent to
+    the demo's PID as well as to the terminal's process group) is ignored, so that it cannot cut
+    short the teardown the first one started and print a second traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the local emulated-GWLB demo.")
     p.add_argument(
@@ -217,8 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    signal.signal(signal.SIGINT, _interrupt_once)
     try:
         return run_demo(cmd, args.health_port or None)
+    except KeyboardInterrupt:  # the test bed's context managers have torn everything down
+        print("demo: interrupted; its processes are stopped and its namespaces removed.")
+        return 130
     except TestbedError as exc:
         print(f"demo: test bed failed: {exc}", file=sys.stderr)
         return 1

@@ -7,12 +7,13 @@ raw socket that sees each reply whole, outer IPv4 header included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from appliance_proc import APPLIANCED, Appliance, config_text, run_quiet, socket
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw, raw
-from testbed import Testbed
+from testbed import Testbed, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -84,6 +85,46 @@ def peer(testbed: Testbed) -> Iterator[GwlbPeer]:
     p = GwlbPeer(testbed)
     yield p
     p.close()
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat ('R', 'S', 'T' for stopped, ...)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]  # the command name may hold spaces and parentheses
+
+
+def queued_bytes(pid: int, port: int = 6081) -> int:
+    """Bytes waiting in the UDP sockets bound to `port` in the network namespace of `pid`."""
+    total = 0
+    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local rem st tx_queue:rx_queue ...
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            total += int(fields[4].split(":")[1], 16)
+    return total
+
+
+@contextlib.contextmanager
+def stopped(worker: int) -> Iterator[Callable[..., None]]:
+    """Hold `worker` stopped so that what is sent meanwhile arrives in one recvmmsg batch.
+
+    Yields `queue(send, *args)`: it calls `send(*args)` and returns once the datagram is in the
+    worker's socket. kill() only queues SIGSTOP, so a worker still running could take the first
+    datagram into a batch of its own: wait for the kernel's stopped state ('T') before anything
+    is sent. The socket's receive queue grows with every datagram (nothing reads it while the
+    worker is stopped), so each arrival is seen, and SIGCONT finds the whole batch waiting.
+    """
+
+    def queue(send: Callable[..., object], *args: object) -> None:
+        before = queued_bytes(worker)
+        send(*args)
+        assert wait_until(lambda: queued_bytes(worker) > before, 5.0, 0.001), "never queued"
+
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: process_state(worker) == "T", 5.0, 0.001), "never stopped"
+        yield queue
+    finally:
+        os.kill(worker, signal.SIGCONT)
 
 
 def check_outer(reply: bytes, peer: GwlbPeer) -> bytes:
@@ -151,17 +192,17 @@ def test_malformed_datagrams_do_not_hurt_their_batch(
     truncated_inner = gwlb_datagram(udp4(b"cut"))[:-2]
     # Stop the worker so that everything queues and arrives in one recvmmsg batch.
     (worker,) = appliance.worker_pids()
-    os.kill(worker, signal.SIGSTOP)
-    peer.send(
-        good[0],
-        b"\x00\x00junk",
-        without_cookie,
-        good[1],
-        truncated_inner,
-        gwlb_datagram(udp4(b"please drop me")),
-        good[2],
-    )
-    os.kill(worker, signal.SIGCONT)
+    with stopped(worker) as queue:
+        for datagram in (
+            good[0],
+            b"\x00\x00junk",
+            without_cookie,
+            good[1],
+            truncated_inner,
+            gwlb_datagram(udp4(b"please drop me")),
+            good[2],
+        ):
+            queue(peer.send, datagram)
     replies = [check_outer(r, peer) for r in peer.replies(3)]
     assert [r[40:] for r in replies] == [
         raw(udp4(b"first")),
@@ -171,9 +212,9 @@ def test_malformed_datagrams_do_not_hurt_their_batch(
     # Replies after a refused datagram were sent from later messages of the batch; the next
     # batch, with nothing refused, must find every message pointing at its own slot again.
     second = [raw(udp4(b"second %d" % k)) for k in range(4)]
-    os.kill(worker, signal.SIGSTOP)
-    peer.send(*(gwlb_datagram(udp4(b"second %d" % k)) for k in range(4)))
-    os.kill(worker, signal.SIGCONT)
+    with stopped(worker) as queue:
+        for k in range(4):
+            queue(peer.send, gwlb_datagram(udp4(b"second %d" % k)))
     assert [check_outer(r, peer)[40:] for r in peer.replies(4)] == second
     assert appliance.stop() == 0
     counters = appliance.counters()
@@ -231,12 +272,17 @@ def test_allow_list_judges_each_sender_of_a_mixed_batch(
         config = config_text(tmp_path / "run-app1", allow_sources=f'["{peer.gwlb_ip}/32"]')
         appliance = Appliance(testbed, 1, tmp_path, config=config)
         (worker,) = appliance.worker_pids()
-        os.kill(worker, signal.SIGSTOP)  # so that all three arrive in one recvmmsg batch
-        peer.send(gwlb_datagram(udp4(b"allowed 1")))
-        stranger.sendto(gwlb_datagram(udp4(b"stranger")), (peer.appliance_ip, 6081))
-        peer.send(gwlb_datagram(udp4(b"allowed 2")))
-        os.kill(worker, signal.SIGCONT)
-        replies = [check_outer(r, peer)[40:] for r in peer.replies(3, timeout_s=2.0)]
+        with stopped(worker) as queue:  # so that all three arrive in one recvmmsg batch
+            queue(peer.send, gwlb_datagram(udp4(b"allowed 1")))
+            queue(stranger.sendto, gwlb_datagram(udp4(b"stranger")), (peer.appliance_ip, 6081))
+            queue(peer.send, gwlb_datagram(udp4(b"allowed 2")))
+
+        def settled() -> bool:  # the batch is decided and its replies were handed to the kernel
+            c = appliance.counters()
+            return c["received"] == 3 and c["sent"] + c["disallowed_source"] == 3
+
+        assert wait_until(settled, 5.0, 0.01), appliance.counters()
+        replies = [check_outer(r, peer)[40:] for r in peer.replies(2)]
         assert replies == [raw(udp4(b"allowed 1")), raw(udp4(b"allowed 2"))]
         assert appliance.stop() == 0
         counters = appliance.counters()
