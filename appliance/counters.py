@@ -26,6 +26,14 @@ class Counter(enum.IntEnum):
     DISALLOWED_SOURCE = 8
     SEND_ERRORS = 9
     BATCHES = 10
+    REJECTED = 11  # decided `reject` (by a rule or the default), all together
+    REJECTS_SENT = 12  # RSTs and ICMP errors generated and queued
+    REJECTS_SUPPRESSED = 13  # a reject that sent nothing: the ceiling, or nothing may answer it
+    DEFAULT_DECIDED = 14  # packets policy.default decided (drop or reject)
+    FLOWS_ACTIVE = 15  # a gauge: flows in the worker's table now
+    FLOWS_CREATED = 16
+    FLOWS_EXPIRED = 17
+    FLOWS_EVICTED = 18
 
 
 # What the worker refused to send back, for a one-number "drops" column.
@@ -36,6 +44,7 @@ REFUSALS = (
     Counter.UNREWRITABLE,
     Counter.DISALLOWED_SOURCE,
     Counter.SEND_ERRORS,
+    Counter.REJECTED,
 )
 
 # errno values a raw send can plausibly meet; anything else lands in the last bucket.
@@ -50,7 +59,7 @@ SEND_ERRNOS = (
     0,
 )
 
-MALFORMED_BASE = 16
+MALFORMED_BASE = 32
 RULE_BASE = MALFORMED_BASE + 32
 SEND_ERRNO_BASE = RULE_BASE + MAX_RULES
 SIZE = SEND_ERRNO_BASE + len(SEND_ERRNOS)  # counters per worker

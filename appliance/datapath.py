@@ -10,11 +10,14 @@ their buffer (tests, tools).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
+from appliance.batch import ROOM
 from appliance.errors import DecodeError
-from appliance.geneve import check_geneve
+from appliance.geneve import check_geneve, endpoint_id, usual_endpoint_id
 from appliance.inner import InnerPacket, parse_inner
 from appliance.policy import Policy, Verdict
+from appliance.reject import RejectKind, build_reject, reject_kind
 from appliance.rewrite import rewrite_in_place
 
 SCRATCH_BYTES = 9216  # room for a rewrite to grow to the 8500-byte limit
@@ -23,10 +26,11 @@ SCRATCH_BYTES = 9216  # room for a rewrite to grow to the 8500-byte limit
 class Outcome(enum.IntEnum):
     PASS = 0  # send back unchanged
     REWRITE = 1  # send back the rewritten datagram
-    DROP = 2  # a rule dropped it; detail = rule index
+    DROP = 2  # a rule dropped it; detail = rule index (policy.DEFAULT_RULE: the default)
     MALFORMED = 3  # detail = errors.Reason
     OVERSIZE = 4  # a rewrite would exceed 8500 bytes of inner packet; detail = rule index
     UNREWRITABLE = 5  # a replace matched a fragment or routed packet; detail = rule index
+    REJECT = 6  # dropped, and the sender is to be told; detail = rule index (or DEFAULT_RULE)
 
 
 def decide_in_place(
@@ -38,17 +42,26 @@ def decide_in_place(
         pkt = parse_inner(buf, inner, end, protocol)
     except DecodeError as error:
         return Outcome.MALFORMED, int(error.reason), end
-    return decide_parsed(buf, pkt, policy)
+    endpoint = endpoint_id(buf, start, inner) if policy.needs_endpoint else b""
+    return decide_parsed(buf, pkt, policy, endpoint)
 
 
-def decide_parsed(buf: bytearray, pkt: InnerPacket, policy: Policy) -> tuple[Outcome, int, int]:
-    """The policy's verdict on an already parsed packet, carried out in place (see above)."""
+def decide_parsed(
+    buf: bytearray, pkt: InnerPacket, policy: Policy, endpoint: bytes | None = None
+) -> tuple[Outcome, int, int]:
+    """The policy's verdict on an already parsed packet, carried out in place (see above).
+    Without `endpoint`, the datagram is in GWLB's usual layout (the fast path parsed it). The
+    endpoint id is looked for only when a rule of the policy reads it."""
     end = pkt.end
-    verdict, rule, replacements = policy.decide(buf, pkt)
+    if endpoint is None:
+        endpoint = usual_endpoint_id(buf, pkt.start) if policy.needs_endpoint else b""
+    verdict, rule, replacements = policy.decide(buf, pkt, endpoint)
     if verdict is _PASS:
         return _PASSED, -1, end
     if verdict is _DROP:
         return _DROPPED, rule, end
+    if verdict is _REJECT:
+        return Outcome.REJECT, rule, end
     if verdict is _UNREWRITABLE:
         return Outcome.UNREWRITABLE, rule, end
     new_end = rewrite_in_place(buf, pkt, replacements)
@@ -59,7 +72,23 @@ def decide_parsed(buf: bytearray, pkt: InnerPacket, policy: Policy) -> tuple[Out
 
 # Module constants: an enum member lookup per packet costs more than the comparison it feeds.
 _PASS, _DROP, _UNREWRITABLE = Verdict.PASS, Verdict.DROP, Verdict.UNREWRITABLE
+_REJECT = Verdict.REJECT
 _PASSED, _DROPPED = Outcome.PASS, Outcome.DROP
+
+
+def reject_in_place(buf: bytearray, start: int, end: int, allow: Callable[[], bool]) -> int | None:
+    """Replace the rejected datagram at buf[start:end] with the answer to its sender (its Geneve
+    header, then a TCP RST or an ICMP unreachable: appliance/reject.py) and return where that
+    ends; None when nothing may answer it, or `allow` (the worker's ceiling, asked only for a
+    packet that would get an answer) says no."""
+    try:
+        inner, protocol = check_geneve(buf, start, end)
+        pkt = parse_inner(buf, inner, end, protocol)
+    except DecodeError:
+        return None
+    if reject_kind(buf, pkt) is RejectKind.NOTHING or not allow():
+        return None
+    return build_reject(buf, start, pkt, buf, start, start + ROOM)
 
 
 def handle_datagram(

@@ -27,7 +27,7 @@ from appliance.inner import (
     Fragment,
     InnerPacket,
 )
-from appliance.policy import Policy
+from appliance.policy import Policy, Verdict
 
 # Geneve with GWLB's options (4 words: version/opt len/flags/protocol, then the three option
 # headers), then IPv4 (version/IHL, total length, flags/fragment, protocol), then 13 bytes of the
@@ -50,22 +50,19 @@ class FastPath:
     def __init__(self, policy: Policy) -> None:
         self.watch: dict[int, frozenset[int] | None] = {}
         self.other: bool = False  # some rule may match protocols other than UDP/TCP/ICMP
+        if policy.default is not Verdict.PASS:
+            # Default deny: every packet needs a verdict, so none passes here unasked.
+            for proto in _KNOWN:
+                self.watch[proto] = ALL
+            self.other = True
         for rule in policy.rules:
-            m = rule.match
-            for proto in (PROTO_UDP, PROTO_TCP, PROTO_ICMP, PROTO_ICMPV6):
-                if m.protocol is not None and m.protocol != proto:
+            allowed = rule.protocols()
+            for proto in _KNOWN:
+                if allowed is not None and proto not in allowed:
                     continue
-                if proto in (PROTO_UDP, PROTO_TCP):
-                    keys = _ports(m.ports, m.src_ports, m.dst_ports)
-                else:
-                    keys = m.icmp_types
+                keys = rule.ports() if proto in _PORTED else rule.icmp_types()
                 self._add(proto, keys)
-            if m.protocol is None or m.protocol not in (
-                PROTO_UDP,
-                PROTO_TCP,
-                PROTO_ICMP,
-                PROTO_ICMPV6,
-            ):
+            if allowed is None or allowed - _KNOWN:
                 self.other = True
         self.udp = self.watch.get(PROTO_UDP, frozenset())
         self.tcp = self.watch.get(PROTO_TCP, frozenset())
@@ -173,11 +170,4 @@ class FastPath:
 
 _IPV6_EXTENSIONS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})
 _PORTED = frozenset({PROTO_UDP, PROTO_TCP})  # transports whose rules may name ports
-
-
-def _ports(*sets: frozenset[int] | None) -> frozenset[int] | None:
-    """The ports a rule names on either side; None when it names none (it matches any port)."""
-    named = [s for s in sets if s is not None]
-    if not named:
-        return None
-    return frozenset().union(*named)
+_KNOWN = frozenset({PROTO_UDP, PROTO_TCP, PROTO_ICMP, PROTO_ICMPV6})

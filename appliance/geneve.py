@@ -30,6 +30,7 @@ _OPTION = struct.Struct("!HBB")  # class, type (C bit on top), reserved/length i
 # GWLB's layout: endpoint id, attachment id, flow cookie, in that order, 32 bytes of options.
 _USUAL_WORDS = struct.Struct("!I4xI8xI8xI")  # first word, then each option's header
 _USUAL_TAG_WORDS = (0x01080102, 0x01080202, 0x01080301)  # class 0x0108: type, length in words
+_ENDPOINT_TAG = bytes.fromhex("01080102")
 
 
 class GeneveHeader(NamedTuple):
@@ -70,6 +71,21 @@ def check_geneve(buf: Buffer, start: int, end: int) -> tuple[int, int]:
         raise DecodeError("geneve", start + 2, Reason.GENEVE_PROTOCOL, f"0x{protocol:04x}")
     _aws_options(buf, start, length)  # any other layout: walk every option
     return start + length, protocol
+
+
+def endpoint_id(buf: Buffer, start: int, inner: int) -> bytes:
+    """The GWLB endpoint id (option type 1, 8 bytes) of the Geneve header at buf[start:inner],
+    which check_geneve has validated."""
+    if inner - start == 40 and buf[start + 8 : start + 12] == _ENDPOINT_TAG:
+        return bytes(buf[start + 12 : start + 20])  # GWLB's usual layout: the first option
+    at, size = _aws_options(buf, start, inner - start)[OPT_ENDPOINT_ID]
+    return bytes(buf[at : at + size])
+
+
+def usual_endpoint_id(buf: Buffer, inner: int) -> bytes:
+    """The endpoint id of a datagram in GWLB's usual layout (the fast path's), whose inner
+    packet starts at `inner`: it lies 28 bytes before it."""
+    return bytes(buf[inner - 28 : inner - 20])
 
 
 def parse_geneve(buf: Buffer, start: int = 0, end: int | None = None) -> GeneveHeader:

@@ -1,14 +1,15 @@
 """The policy engine: rules are data (from the config file), compiled once, asked per packet.
 
-Semantics, in rule order:
-- a rule matches when every condition it names holds (version, protocol, ports on either side or on
-  one side, ICMP type, payload substring);
-- `drop` and `drop_seq_multiple` (ICMP echo whose sequence number is a multiple of `every`) drop:
-  the first matching drop wins, even over a replace that matched before it;
+A rule is a name, an action and its conditions (appliance/conditions.py: one class per `match`
+key). Semantics, in rule order:
+- a rule matches when every condition it names holds;
+- `drop`, `reject` and `drop_seq_multiple` (ICMP echo whose sequence number is a multiple of
+  `every`) decide: the first matching one wins, even over a replace that matched before it;
 - `replace` rewrites every occurrence of `find` in the payload (it matches only when `find` is
   in the payload as it arrived); all matching replaces apply, in rule order, each to the result
   of the one before;
-- `pass` stops the evaluation: later rules are not asked.
+- `pass` stops the evaluation: later rules are not asked;
+- what no rule decides gets `policy.default`: pass (the default), drop or reject.
 Fragments: a later fragment has no transport header and passes untouched; a first fragment is
 subject to drop rules, but a replace cannot be done without reassembly, so it is dropped instead.
 """
@@ -16,9 +17,23 @@ subject to drop rules, but a replace cannot be done without reassembly, so it is
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+from appliance.conditions import (
+    REGISTRY,
+    Buffer,
+    Check,
+    Condition,
+    IcmpType,
+    IpVersion,
+    PayloadContains,
+    Port,
+    Protocol,
+    SrcPort,
+)
+from appliance.conditions import DstPort as _DstPort
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, Fragment, InnerPacket
 
 REWRITABLE_PROTOCOLS = frozenset({PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
@@ -27,38 +42,73 @@ REWRITABLE_PROTOCOLS = frozenset({PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
 class Action(enum.Enum):
     PASS = "pass"
     DROP = "drop"
+    REJECT = "reject"  # drop, and tell the sender at once (a TCP RST or an ICMP unreachable)
     REPLACE = "replace"
     DROP_SEQ_MULTIPLE = "drop_seq_multiple"
 
 
 class Verdict(enum.IntEnum):
     PASS = 0
-    DROP = 1  # a rule dropped it: `rule` says which
+    DROP = 1  # a rule (or the default) dropped it: `rule` says which
     REWRITE = 2  # `replacements` say what to change
     UNREWRITABLE = 3  # a replace matched a fragment (or a routed IPv6 packet): dropped
+    REJECT = 4  # dropped, and the sender is told
 
 
-@dataclass(frozen=True)
-class Match:
-    """Conditions of a rule; None means "any"."""
-
-    ip_version: int | None = None
-    protocol: int | None = None
-    ports: frozenset[int] | None = None  # source or destination
-    src_ports: frozenset[int] | None = None
-    dst_ports: frozenset[int] | None = None
-    icmp_types: frozenset[int] | None = None
-    payload_contains: bytes | None = None
+DEFAULTS = {"pass": Verdict.PASS, "drop": Verdict.DROP, "reject": Verdict.REJECT}
+DEFAULT_RULE = -2  # the `rule` of a decision made by policy.default
+REJECTS_PER_SECOND = 1000
 
 
 @dataclass(frozen=True)
 class Rule:
     name: str
     action: Action
-    match: Match = field(default_factory=Match)
+    match: tuple[Condition, ...] = ()
     find: bytes = b""  # replace
     replace: bytes = b""  # replace
     every: int = 0  # drop_seq_multiple
+
+    def protocols(self) -> frozenset[int] | None:
+        """The protocols a matching packet can have (every condition's narrowing); None: any."""
+        allowed: frozenset[int] | None = None
+        for condition in self.match:
+            narrowed = condition.protocols()
+            if narrowed is not None:
+                allowed = narrowed if allowed is None else allowed & narrowed
+        return allowed
+
+    def ports(self) -> frozenset[int] | None:
+        """Ports, one of which (either side) a matching packet has; None: any port."""
+        sets = [s for c in self.match if (s := c.ports()) is not None]
+        return min(sets, key=len) if sets else None
+
+    def icmp_types(self) -> frozenset[int] | None:
+        sets = [s for c in self.match if (s := c.icmp_types()) is not None]
+        return min(sets, key=len) if sets else None
+
+
+def Match(**conditions: Any) -> tuple[Condition, ...]:  # capitalised: reads as a table
+    """Conditions from keyword arguments, for code that builds rules by hand (tests, tools):
+    the config's keys, or the older plural names (`ports`, `icmp_types`, ...) with sets."""
+    built: list[Condition] = []
+    for key, value in conditions.items():
+        if value is None:
+            continue
+        kind = _BY_KEYWORD.get(key) or REGISTRY[key]
+        built.append(kind(value) if key in _BY_KEYWORD else kind.from_config(value))  # type: ignore[call-arg]
+    return tuple(built)
+
+
+_BY_KEYWORD: dict[str, Any] = {
+    "ip_version": IpVersion,
+    "protocol": Protocol,
+    "ports": Port,
+    "src_ports": SrcPort,
+    "dst_ports": _DstPort,
+    "icmp_types": IcmpType,
+    "payload_contains": PayloadContains,
+}
 
 
 # A replacement as the rewrite needs it: find, replace, and how the payload's 16-bit word sum
@@ -68,100 +118,90 @@ Replacement = tuple[bytes, bytes, tuple[int, int] | None]
 
 class Decision(NamedTuple):
     verdict: Verdict
-    rule: int  # index of the deciding rule, -1 when none decided
+    rule: int  # index of the deciding rule; -1 when none decided, DEFAULT_RULE for the default
     replacements: tuple[Replacement, ...]
 
 
 PASS_DECISION = Decision(Verdict.PASS, -1, ())
 
 
-class Policy:
-    """A compiled, immutable rule list. `decide` is called once per packet."""
+class _Compiled(NamedTuple):
+    """A rule as the per-packet loop reads it: its checks (the protocol already known), what it
+    does, and every decision it can make, made once."""
 
-    def __init__(self, rules: tuple[Rule, ...] | list[Rule] = ()) -> None:
+    checks: tuple[Check, ...]
+    action: Action
+    every: int
+    replacement: Replacement
+    decided: Decision  # drop, reject, or the rewrite it starts
+
+
+class Policy:
+    """A compiled, immutable rule list. `decide` is called once per packet on the slow path."""
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        default: Verdict = Verdict.PASS,
+        reject_per_second: int = REJECTS_PER_SECOND,
+    ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
-        # Every decision a single rule can make is made here once, not per packet.
-        self._drops = tuple(Decision(Verdict.DROP, i, ()) for i in range(len(self.rules)))
+        self.default = default
+        self.reject_per_second = reject_per_second  # each worker's ceiling on generated rejects
+        # Finding the endpoint id costs a slice per packet: only when a condition reads it.
+        self.needs_endpoint = any(c.needs_endpoint for r in self.rules for c in r.match)
+        self.default_decision = (
+            PASS_DECISION if default is Verdict.PASS else Decision(default, DEFAULT_RULE, ())
+        )
+        compiled = [_compile(i, r) for i, r in enumerate(self.rules)]
         # Rules that can match each transport protocol, in order: most packets meet one or two.
-        self._compiled: tuple[tuple[_Compiled, ...], ...] = tuple(
+        self._by_protocol: tuple[tuple[_Compiled, ...], ...] = tuple(
             tuple(
-                _compile(i, r)
-                for i, r in enumerate(self.rules)
-                if r.match.protocol is None or r.match.protocol == proto
+                c
+                for c, r in zip(compiled, self.rules, strict=True)
+                if (allowed := r.protocols()) is None or proto in allowed
             )
             for proto in range(256)
         )
 
-    def decide(self, buf: bytes | bytearray, pkt: InnerPacket) -> Decision:
-        """The verdict for the parsed inner packet `pkt` inside `buf`.
-
-        Per packet, on the slow path: the rules are flat tuples and the packet's fields locals,
-        because attribute lookups and a call per rule cost more than the comparisons.
-        """
-        (
-            version,
-            _,
-            end,
-            protocol,
-            _,
-            fragment,
-            sport,
-            dport,
-            icmp_type,
-            icmp_seq,
-            payload,
-            routed,
-        ) = pkt
-        if fragment == _LATER:
+    def decide(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes = b"") -> Decision:
+        """The verdict for the parsed inner packet `pkt` inside `buf`, from GWLB endpoint
+        `endpoint` (its 8-byte id)."""
+        if pkt.fragment == _LATER:
             return PASS_DECISION
         rewrite: Decision | None = None  # the first matching replace's, extended by later ones
-        for (
-            index,
-            action,
-            ip_version,
-            ports,
-            src_ports,
-            dst_ports,
-            icmp_types,
-            contains,
-            every,
-            replacement,
-            alone,
-        ) in self._compiled[protocol]:
-            if (
-                (ip_version is not None and ip_version != version)
-                or (ports is not None and sport not in ports and dport not in ports)
-                or (src_ports is not None and sport not in src_ports)
-                or (dst_ports is not None and dport not in dst_ports)
-                or (icmp_types is not None and icmp_type not in icmp_types)
-                or (contains is not None and buf.find(contains, payload, end) < 0)
-            ):
-                continue
-            if action is _REPLACE:
-                if buf.find(replacement[0], payload, end) >= 0:
-                    if rewrite is None:
-                        rewrite = alone
-                    else:
-                        rewrite = Decision(
-                            _REWRITE, rewrite.rule, (*rewrite.replacements, replacement)
-                        )
-            elif action is _DROP:
-                return self._drops[index]
-            elif action is _DROP_SEQ_MULTIPLE:
-                if icmp_seq >= 0 and icmp_seq % every == 0:
-                    return self._drops[index]
-            else:  # PASS
-                break
+        passed = False  # a `pass` rule decided: the default does not apply
+        for checks, action, every, replacement, decided in self._by_protocol[pkt.protocol]:
+            for check in checks:
+                if not check(buf, pkt, endpoint):
+                    break
+            else:
+                if action is _REPLACE:
+                    if buf.find(replacement[0], pkt.payload, pkt.end) >= 0:
+                        if rewrite is None:
+                            rewrite = decided
+                        else:
+                            rewrite = Decision(
+                                _REWRITE, rewrite.rule, (*rewrite.replacements, replacement)
+                            )
+                elif action is _DROP_SEQ_MULTIPLE:
+                    if pkt.icmp_seq >= 0 and pkt.icmp_seq % every == 0:
+                        return decided
+                elif action is _PASS:
+                    passed = True
+                    break
+                else:  # drop, reject
+                    return decided
         if rewrite is None:
-            return PASS_DECISION
-        if fragment != _WHOLE or routed or protocol not in REWRITABLE_PROTOCOLS:
+            return PASS_DECISION if passed else self.default_decision
+        if pkt.fragment != _WHOLE or pkt.routed or pkt.protocol not in REWRITABLE_PROTOCOLS:
             return Decision(Verdict.UNREWRITABLE, rewrite.rule, ())
         return rewrite
 
 
 # Module constants: an enum member lookup per packet costs more than the comparison it feeds.
 _LATER, _WHOLE, _REWRITE = Fragment.LATER, Fragment.NONE, Verdict.REWRITE
-_REPLACE, _DROP, _DROP_SEQ_MULTIPLE = Action.REPLACE, Action.DROP, Action.DROP_SEQ_MULTIPLE
+_REPLACE, _DROP_SEQ_MULTIPLE, _PASS = Action.REPLACE, Action.DROP_SEQ_MULTIPLE, Action.PASS
 
 
 def word_changes(find: bytes, replace: bytes) -> tuple[int, int] | None:
@@ -182,34 +222,14 @@ def _aligned_sum(data: bytes, odd: int) -> int:
     return value << 8 if (len(data) + odd) & 1 else value
 
 
-_Compiled = tuple[
-    int,
-    Action,
-    "int | None",
-    "frozenset[int] | None",
-    "frozenset[int] | None",
-    "frozenset[int] | None",
-    "frozenset[int] | None",
-    "bytes | None",
-    int,
-    Replacement,
-    Decision,
-]
-
-
 def _compile(index: int, rule: Rule) -> _Compiled:
-    m = rule.match
     replacement = (rule.find, rule.replace, word_changes(rule.find, rule.replace))
-    return (
-        index,
-        rule.action,
-        m.ip_version,
-        m.ports,
-        m.src_ports,
-        m.dst_ports,
-        m.icmp_types,
-        m.payload_contains,
-        rule.every,
-        replacement,
-        Decision(Verdict.REWRITE, index, (replacement,)),
-    )
+    if rule.action is Action.REPLACE:
+        decided = Decision(Verdict.REWRITE, index, (replacement,))
+    elif rule.action is Action.REJECT:
+        decided = Decision(Verdict.REJECT, index, ())
+    else:
+        decided = Decision(Verdict.DROP, index, ())
+    # The protocol index already guarantees the protocol; the other checks run per packet.
+    checks = tuple(c.compile() for c in rule.match if not isinstance(c, Protocol))
+    return _Compiled(checks, rule.action, rule.every, replacement, decided)

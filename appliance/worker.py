@@ -13,16 +13,18 @@ most the socket's timeout (1 s) so that the heartbeat is stamped even when no tr
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 
 from appliance import counters as cnt
 from appliance.batch import TRUNCATED, BatchIO
 from appliance.batchio import SocketBatchIO
 from appliance.counters import Counter
-from appliance.datapath import Outcome, decide_in_place, decide_parsed
+from appliance.datapath import Outcome, decide_in_place, decide_parsed, reject_in_place
 from appliance.errors import Reason
 from appliance.fastpath import FastPath
 from appliance.policy import Policy
+from appliance.reject import RejectBudget
 from appliance.sources import SourceFilter
 
 _RULE_LAST = cnt.RULE_BASE + cnt.MAX_RULES - 1
@@ -37,7 +39,13 @@ _RECEIVED, _SENT, _PASSED, _REWRITTEN, _DROPPED, _BATCHES, _DISALLOWED = (
     int(Counter.DISALLOWED_SOURCE),
 )
 _RULE_BASE, _MAX_RULES = cnt.RULE_BASE, cnt.MAX_RULES
-_PASS, _REWRITE, _DROP = Outcome.PASS, Outcome.REWRITE, Outcome.DROP
+_REJECTED, _REJECTS_SENT, _REJECTS_SUPPRESSED, _DEFAULT_DECIDED = (
+    int(Counter.REJECTED),
+    int(Counter.REJECTS_SENT),
+    int(Counter.REJECTS_SUPPRESSED),
+    int(Counter.DEFAULT_DECIDED),
+)
+_PASS, _REWRITE, _DROP, _REJECT = Outcome.PASS, Outcome.REWRITE, Outcome.DROP, Outcome.REJECT
 # A flag of our own, above the backend's 32 bits: the sender is not on the allow-list. Marking it
 # per batch leaves the loop one flags test for both reasons to skip a datagram.
 _FOREIGN = 1 << 32
@@ -104,6 +112,12 @@ class Worker:
         # Between two batches (the worker is single-threaded), so no packet sees half of it.
         self._fast = FastPath(policy)
         self._policy = policy
+        rate = policy.reject_per_second
+        budget = getattr(self, "_budget", None)
+        if budget is None or budget.per_second != rate:
+            # A tenth of a second's worth at once: a port scan's handful of SYNs in one batch
+            # all get their RST; a flood gets at most rate + burst in its first second.
+            self._budget = RejectBudget(rate, max(1, rate // 10), time.monotonic_ns())
 
     def run(self) -> None:
         """Loop until `stopping` is set (by a signal handler); the batch in hand is finished."""
@@ -129,7 +143,7 @@ class Worker:
         io, c = self.io, self.counters
         buffer, replies = io.buffer, io.replies
         classify, policy = self._fast.classify, self._policy
-        pass_, rewrite, drop, skip = _PASS, _REWRITE, _DROP, _SKIP
+        pass_, rewrite, drop, reject, skip = _PASS, _REWRITE, _DROP, _REJECT, _SKIP
         passed = rewritten = 0
         results = io.results(n)
         if self.sources is not None:
@@ -154,8 +168,13 @@ class Worker:
                     rewritten += 1
                 elif outcome is drop:
                     c[_DROPPED] += 1
-                    c[_RULE_BASE + detail if detail < _MAX_RULES else _RULE_LAST] += 1
+                    self._count_rule(detail)
                     continue
+                elif outcome is reject:
+                    answer = self._reject(buffer, start, start + length, detail)
+                    if answer is None:
+                        continue
+                    length = answer - start  # the answer to the sender, written over the packet
                 else:
                     self._refuse(outcome, detail)
                     continue
@@ -178,6 +197,24 @@ class Worker:
             c[Counter.SEND_ERRORS] += 1
             c[cnt.send_errno_index(code)] += 1
 
+    def _count_rule(self, rule: int) -> None:
+        """A hit of the deciding rule, or of policy.default (rule < 0)."""
+        if rule < 0:
+            self.counters[_DEFAULT_DECIDED] += 1
+        else:
+            self.counters[_RULE_BASE + rule if rule < _MAX_RULES else _RULE_LAST] += 1
+
+    def _reject(self, buffer: bytearray, start: int, end: int, rule: int) -> int | None:
+        """Count a reject and turn the datagram into the answer to its sender: its new end, or
+        None when nothing is sent (nothing may answer it, or the ceiling was reached)."""
+        c = self.counters
+        c[_REJECTED] += 1
+        self._count_rule(rule)
+        budget = self._budget
+        answer = reject_in_place(buffer, start, end, lambda: budget.allow(time.monotonic_ns()))
+        c[_REJECTS_SENT if answer is not None else _REJECTS_SUPPRESSED] += 1
+        return answer
+
     def _skip(self, flags: int) -> None:
         if flags & TRUNCATED:
             self._refuse(Outcome.MALFORMED, Reason.DATAGRAM_TOO_BIG)
@@ -191,7 +228,7 @@ class Worker:
             c[cnt.MALFORMED_BASE + detail] += 1
         elif outcome is Outcome.DROP:
             c[Counter.DROPPED] += 1
-            c[min(cnt.RULE_BASE + detail, _RULE_LAST)] += 1
+            self._count_rule(detail)
         elif outcome is Outcome.OVERSIZE:
             c[Counter.OVERSIZE] += 1
         else:

@@ -14,8 +14,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
-from appliance.policy import REWRITABLE_PROTOCOLS, Action, Match, Policy, Rule
+from appliance.conditions import ICMPS, REGISTRY, Condition, contradiction
+from appliance.policy import (
+    DEFAULTS,
+    REJECTS_PER_SECOND,
+    REWRITABLE_PROTOCOLS,
+    Action,
+    Policy,
+    Rule,
+)
 from config.errors import ConfigError
 from config.runtimedir import default_runtime_dir
 from config.schema import (
@@ -27,7 +34,6 @@ from config.schema import (
     WorkersConfig,
 )
 
-PROTOCOLS = {"icmp": PROTO_ICMP, "tcp": PROTO_TCP, "udp": PROTO_UDP, "icmpv6": PROTO_ICMPV6}
 Path_ = tuple[str | int, ...]
 
 
@@ -256,7 +262,11 @@ class _Reader:
         )
 
     def policy(self, data: dict[str, Any]) -> Policy:
-        policy = self.table(data, ("policy",), {"rules"})
+        policy = self.table(data, ("policy",), {"rules", "default", "reject_per_second"})
+        default = self.choice(policy, ("policy", "default"), "pass", tuple(DEFAULTS))
+        per_second = self.integer(
+            policy, ("policy", "reject_per_second"), REJECTS_PER_SECOND, 0, 1_000_000
+        )
         rules = policy.get("rules", [])
         if not isinstance(rules, list):
             raise self.fail(("policy", "rules"), "must be an array of tables ([[policy.rules]])")
@@ -265,7 +275,7 @@ class _Reader:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise self.fail(("policy", "rules", i, "name"), f"duplicate rule name {name!r}")
-        return Policy(compiled)
+        return Policy(compiled, DEFAULTS[default], per_second)
 
     def rule(self, raw: Any, where: Path_) -> Rule:
         if not isinstance(raw, dict):
@@ -290,7 +300,8 @@ class _Reader:
         if action is Action.REPLACE:
             return self.replace_rule(raw, where, rule)
         if action is Action.DROP_SEQ_MULTIPLE:
-            if match.protocol not in (PROTO_ICMP, PROTO_ICMPV6):
+            allowed = rule.protocols()
+            if allowed is None or not allowed <= ICMPS:
                 raise self.fail(
                     (*where, "match", "protocol"), "drop_seq_multiple needs protocol icmp or icmpv6"
                 )
@@ -302,7 +313,8 @@ class _Reader:
         return rule
 
     def replace_rule(self, raw: dict[str, Any], where: Path_, rule: Rule) -> Rule:
-        if rule.match.protocol not in REWRITABLE_PROTOCOLS:
+        allowed = rule.protocols()
+        if allowed is None or not allowed <= REWRITABLE_PROTOCOLS:
             raise self.fail(
                 (*where, "match", "protocol"),
                 "replace needs protocol udp, icmp or icmpv6 (rewriting TCP would "
@@ -321,61 +333,25 @@ class _Reader:
             replace=replace.encode(),
         )
 
-    def match(self, raw: Any, where: Path_) -> Match:
-        known = {
-            "ip_version",
-            "protocol",
-            "port",
-            "src_port",
-            "dst_port",
-            "icmp_type",
-            "payload_contains",
-        }
+    def match(self, raw: Any, where: Path_) -> tuple[Condition, ...]:
+        """Each key is a condition class's (appliance.conditions.REGISTRY), which parses and
+        compiles its own value; a rule whose conditions can never all hold is refused."""
         if not isinstance(raw, dict):
             raise self.fail(where, "must be a table")
-        for key in raw:
-            if key not in known:
-                raise self.fail((*where, key), f"unknown match (known: {', '.join(sorted(known))})")
-        version = raw.get("ip_version")
-        if version not in (None, 4, 6) or isinstance(version, bool):
-            raise self.fail((*where, "ip_version"), f"must be 4 or 6, not {version!r}")
-        protocol = self.protocol(raw.get("protocol"), (*where, "protocol"))
-        icmp_types = self.numbers(raw, (*where, "icmp_type"), 255)
-        if icmp_types is not None and protocol not in (PROTO_ICMP, PROTO_ICMPV6):
-            raise self.fail((*where, "icmp_type"), "needs protocol icmp or icmpv6")
-        contains = raw.get("payload_contains")
-        if contains is not None and (not isinstance(contains, str) or not contains):
-            raise self.fail((*where, "payload_contains"), "must be a non-empty string")
-        return Match(
-            ip_version=version,
-            protocol=protocol,
-            ports=self.numbers(raw, (*where, "port"), 65535),
-            src_ports=self.numbers(raw, (*where, "src_port"), 65535),
-            dst_ports=self.numbers(raw, (*where, "dst_port"), 65535),
-            icmp_types=icmp_types,
-            payload_contains=contains.encode() if contains else None,
-        )
-
-    def protocol(self, value: Any, where: Path_) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, str) and value.lower() in PROTOCOLS:
-            return PROTOCOLS[value.lower()]
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
-            return value
-        raise self.fail(where, f"unknown protocol {value!r} (udp, tcp, icmp, icmpv6 or 0-255)")
-
-    def numbers(self, raw: dict[str, Any], where: Path_, high: int) -> frozenset[int] | None:
-        value = raw.get(str(where[-1]))
-        if value is None:
-            return None
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= high:
-                raise self.fail(
-                    where, f"must be an integer 0-{high} or a list of them, not {item!r}"
-                )
-        return frozenset(values)
+        conditions = []
+        for key, value in raw.items():
+            kind = REGISTRY.get(key)
+            if kind is None:
+                known = ", ".join(sorted(REGISTRY))
+                raise self.fail((*where, key), f"unknown match (known: {known})")
+            try:
+                conditions.append(kind.from_config(value))
+            except ValueError as error:
+                raise self.fail((*where, key), str(error)) from None
+        conflict = contradiction(conditions)
+        if conflict:
+            raise self.fail((*where, conflict[0]), conflict[1])
+        return tuple(conditions)
 
 
 def _dotted(where: Path_) -> str:

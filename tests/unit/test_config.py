@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP
-from appliance.policy import Action
+from appliance.policy import Action, Match, Verdict
 from config.errors import ConfigError
 from config.loader import default_config_path, load_config, parse_config
 
@@ -37,23 +37,17 @@ def test_default_config_is_the_demo_policy():
     ]
     drop, replace, echo4, echo6 = rules
     assert drop.action is Action.DROP
-    assert drop.match.protocol == PROTO_UDP
-    assert drop.match.ports == frozenset({3000})
-    assert drop.match.payload_contains == b"drop me"
+    assert drop.match == Match(
+        protocol=PROTO_UDP, ports=frozenset({3000}), payload_contains=b"drop me"
+    )
     assert replace.action is Action.REPLACE
-    assert (replace.match.protocol, replace.match.ports) == (PROTO_UDP, frozenset({3000}))
+    assert replace.match == Match(protocol=PROTO_UDP, ports=frozenset({3000}))
     assert (replace.find, replace.replace) == (b"weakly typed", b"strongly typed")
     assert echo4.action is echo6.action is Action.DROP_SEQ_MULTIPLE
-    assert (echo4.match.protocol, echo4.match.icmp_types, echo4.every) == (
-        PROTO_ICMP,
-        frozenset({0, 8}),
-        5,
-    )
-    assert (echo6.match.protocol, echo6.match.icmp_types, echo6.every) == (
-        PROTO_ICMPV6,
-        frozenset({128, 129}),
-        5,
-    )
+    assert echo4.match == Match(protocol=PROTO_ICMP, icmp_types=frozenset({0, 8}))
+    assert echo6.match == Match(protocol=PROTO_ICMPV6, icmp_types=frozenset({128, 129}))
+    assert echo4.every == echo6.every == 5
+    assert config.policy.default is Verdict.PASS
 
 
 def test_default_config_values():
@@ -116,8 +110,9 @@ match = { ip_version = 6, protocol = 17, src_port = [53, 123], dst_port = 9 }
     assert (config.health.bind, config.health.port) == ("127.0.0.1", 8080)
     (rule,) = config.policy.rules
     assert rule.action is Action.PASS
-    assert (rule.match.ip_version, rule.match.protocol) == (6, PROTO_UDP)
-    assert (rule.match.src_ports, rule.match.dst_ports) == (frozenset({53, 123}), frozenset({9}))
+    assert rule.match == Match(
+        ip_version=6, protocol=PROTO_UDP, src_ports=frozenset({53, 123}), dst_ports=frozenset({9})
+    )
 
 
 # ---- broken configs ----------------------------------------------------------------------------
@@ -141,10 +136,10 @@ BROKEN = [
     ("bad-toml-unclosed-string", RULE + 'name = "oops\n', "", 'name = "oops', "not valid TOML"),
     (
         "unknown-action",
-        RULE + '\n[[policy.rules]]\nname = "x"\naction = "reject"\n',
+        RULE + '\n[[policy.rules]]\nname = "x"\naction = "explode"\n',
         "policy.rules[1].action",
-        'action = "reject"',
-        "unknown action 'reject'",
+        'action = "explode"',
+        "unknown action 'explode'",
     ),
     # a key that is missing: the line of its table's header
     (
@@ -404,7 +399,7 @@ def applianced() -> list[str]:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ('[[policy.rules]]\nname = "x"\naction = "reject"\n', "unknown action 'reject'"),
+        ('[[policy.rules]]\nname = "x"\naction = "explode"\n', "unknown action 'explode'"),
         ("[dataplane]\nport = 6081\nbatch_size = 64 64\n", "not valid TOML"),
     ],
     ids=["unknown-action", "bad-toml"],
