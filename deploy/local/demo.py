@@ -8,8 +8,11 @@ with `nc -u` from b to a and pings a from b ten times. It prints what a received
 were answered, the emulator's report and the appliance's stderr, and removes everything it made.
 
 With the appliance's demo policy, a should get `test` and `strongly typed programming language`
-(never `drop me`) and pings 5 and 10 go unanswered. With the trivial reflector
-(--appliance-cmd "python3 deploy/local/trivial_reflector.py") everything arrives unchanged.
+(never `drop me`) and pings 5 and 10 go unanswered. Then a firewall scene (firewall_scene.py):
+rules that reject TCP 23 and UDP 514, so from b `nc -z a 23` is refused in milliseconds while
+`nc -z a 8080` connects, and a UDP datagram to 514 brings back an ICMP error. With the trivial
+reflector (--appliance-cmd "python3 deploy/local/trivial_reflector.py") everything arrives
+unchanged, and the firewall scene is left out.
 The exit status is 0 when the run completed, whatever it showed; 130 after Ctrl-C, which stops
 the run and still removes everything it made.
 """
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import firewall_scene
 from testbed import (
     EmulatorHandle,
     LineReader,
@@ -57,7 +61,8 @@ def appliance_argv(cmd: list[str], workdir: Path) -> list[str]:
         return cmd
     config = workdir / "applianced.toml"
     text = DEFAULT_CONFIG.read_text()
-    config.write_text(text.replace('# dir = "/run/gwlb-appliance"', f'dir = "{workdir / "run"}"'))
+    text = text.replace('# dir = "/run/gwlb-appliance"', f'dir = "{workdir / "run"}"')
+    config.write_text(text + firewall_scene.RULES)  # the demo's rules, then the scene's rejects
     return [*cmd, "--config", str(config)]
 
 
@@ -197,6 +202,10 @@ def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
             print(f"\n=== IPv{version} ===")
             udp_demo(tb, version)
             ping_demo(tb, version)
+        if appliance_cmd[0].endswith("applianced"):  # the trivial reflector has no policy
+            for version in (4, 6):
+                print(f"\n=== firewall, IPv{version}: rules that reject ===")
+                firewall_scene.run_scene(tb, version)
         report = emulator.finish()
         print("\n=== emulated GWLB report ===")
         print_report(report)

@@ -542,7 +542,7 @@ class Emulator:
             return [*found, ("inner_malformed", str(exc))]
         if inner.version != (4 if flow.header[2:4] == b"\x08\x00" else 6):
             return [*found, ("inner_protocol_mismatch", f"IPv{inner.version} inner")]
-        if inner.key() != flow.key:
+        if inner.key() != flow.key and not _error_about_flow(inner_pkt, inner, flow.key):
             found.append(("inner_not_in_flow", f"{_addr(inner.src)} -> {_addr(inner.dst)}"))
         return found + inner_violations(inner_pkt, inner)
 
@@ -597,6 +597,27 @@ class Emulator:
 
 def _addr(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
+
+
+ICMP_ERRORS_V4 = frozenset({3, 4, 5, 11, 12})
+
+
+def _error_about_flow(pkt: bytes, inner: Inner, key: tuple[Any, ...]) -> bool:
+    """Whether `pkt` is an ICMP error about a packet of the flow `key`, sent to that packet's
+    source: what an appliance returns inside a flow to refuse it (DESIGN.md §1: GWLB delivers
+    the inner packet to its destination, whatever it is; the flow is told by its Geneve header
+    and cookie). Anything else that does not belong to the flow stays a violation."""
+    icmp = 1 if inner.version == 4 else 58
+    if inner.proto != icmp or len(pkt) < inner.l4_offset + 8 + 20:
+        return False
+    kind = pkt[inner.l4_offset]
+    if (inner.version == 4 and kind not in ICMP_ERRORS_V4) or (inner.version == 6 and kind >= 128):
+        return False
+    try:
+        quoted = parse_inner(pkt[inner.l4_offset + 8 :])
+    except Malformed:
+        return False
+    return quoted.key() == key and quoted.src == inner.dst
 
 
 def summary(report: dict[str, Any]) -> str:

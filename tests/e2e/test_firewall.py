@@ -1,0 +1,46 @@
+"""The firewall scene for real: nc and a UDP socket in b, through the emulated GWLB and applianced
+with rules that reject; the answers travel in the offending flows and GWLB delivers them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from appliance_proc import DEFAULT_CONFIG, Appliance
+from firewall_scene import CONNECT_TIMEOUT_S, RULES, Attempt, run_scene
+from testbed import EmulatorHandle, Testbed
+
+pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+
+
+@pytest.mark.parametrize("version", [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")])
+def test_rejected_connections_fail_at_once_and_allowed_ones_connect(
+    testbed: Testbed,
+    tmp_path: Path,
+    start_emulator: Callable[..., EmulatorHandle],
+    version: int,
+) -> None:
+    runtime = tmp_path / "run-app1"
+    text = (
+        DEFAULT_CONFIG.read_text()
+        .replace("# dir = ", "dir = ")
+        .replace('"/run/gwlb-appliance"', f'"{runtime}"', 1)
+    )
+    appliance = Appliance(testbed, 1, tmp_path, config=text + RULES)
+    emulator = start_emulator(testbed)
+    found = run_scene(testbed, version)
+    report = emulator.finish()
+    assert appliance.stop() == 0
+
+    allowed, rejected = found["allowed"], found["rejected"]
+    assert isinstance(allowed, Attempt) and isinstance(rejected, Attempt)
+    assert allowed.ok, allowed.said
+    assert not rejected.ok and "refused" in rejected.said, rejected.said
+    assert rejected.elapsed_s < CONNECT_TIMEOUT_S / 5  # a RST, not a timeout
+    assert found["udp"] == ("EHOSTUNREACH" if version == 4 else "EACCES")
+    assert report["violations"]["total"] == 0, report["violations"]
+    counters = appliance.counters()
+    assert counters["rejects_sent"] >= 2
+    assert counters["dropped_by_rule"]["firewall-no-telnet"] >= 1
+    assert counters["dropped_by_rule"]["firewall-no-syslog"] >= 1
