@@ -54,6 +54,13 @@ class Condition:
         return self.__call__
 
     needs_endpoint: ClassVar[bool] = False  # the caller must find the endpoint id for it
+    # Whether every packet of a flow, either direction, gets the same answer: true of a
+    # symmetric test of what a flow is (addresses either side, ports either side, protocol,
+    # version, endpoint); false of a test of one packet (its payload, ICMP type, TCP flags) or
+    # of one direction (src, dst, src_port, dst_port). A flow is spared per-packet rules whose
+    # flow-wide conditions fail for it.
+    flow_wide: ClassVar[bool] = False
+    per_packet: ClassVar[bool] = False  # only PayloadContains: see Policy (flow rules)
 
     def protocols(self) -> frozenset[int] | None:
         """The protocols a packet must have to match; None: any."""
@@ -116,6 +123,7 @@ def _watched(ports: frozenset[int]) -> frozenset[int] | None:
 @register
 class IpVersion(Condition):
     key = "ip_version"
+    flow_wide = True
 
     def __init__(self, version: int) -> None:
         self.version = version
@@ -137,6 +145,7 @@ class IpVersion(Condition):
 @register
 class Protocol(Condition):
     key = "protocol"
+    flow_wide = True
 
     def __init__(self, protocol: int) -> None:
         self.protocol = protocol
@@ -173,6 +182,7 @@ class _PortCondition(Condition):
 @register
 class Port(_PortCondition):
     key = "port"  # either side
+    flow_wide = True
 
     def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
         return pkt.src_port in self.set or pkt.dst_port in self.set
@@ -232,6 +242,7 @@ class IcmpType(Condition):
 @register
 class PayloadContains(Condition):
     key = "payload_contains"
+    per_packet = True  # a rule with it acts on packets, never decides a flow
 
     def __init__(self, needle: bytes) -> None:
         self.needle = needle
@@ -324,6 +335,7 @@ class Dst(_AddressCondition):
 @register
 class Addr(_AddressCondition):
     key = "addr"  # either side
+    flow_wide = True
 
     def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
         holds, version = self.networks.holds, pkt.version
@@ -371,6 +383,7 @@ class Endpoint(Condition):
 
     key = "endpoint"
     needs_endpoint = True
+    flow_wide = True
 
     def __init__(self, ids: Iterable[bytes]) -> None:
         self.ids = frozenset(ids)

@@ -16,7 +16,7 @@ from appliance.batch import ROOM
 from appliance.errors import DecodeError
 from appliance.geneve import check_geneve, endpoint_id, usual_endpoint_id
 from appliance.inner import InnerPacket, parse_inner
-from appliance.policy import Policy, Verdict
+from appliance.policy import Decision, Policy, Verdict
 from appliance.reject import RejectKind, build_reject, reject_kind
 from appliance.rewrite import rewrite_in_place
 
@@ -36,14 +36,23 @@ class Outcome(enum.IntEnum):
 def decide_in_place(
     buf: bytearray, start: int, end: int, policy: Policy
 ) -> tuple[Outcome, int, int]:
-    """(outcome, detail, end of the reply): the worker's entry, rewriting within its slot."""
+    """(outcome, detail, end of the reply): the stateless decision, rewriting within the slot."""
+    parsed = parse_datagram(buf, start, end)
+    if isinstance(parsed, int):
+        return Outcome.MALFORMED, parsed, end
+    pkt, endpoint = parsed
+    return decide_parsed(buf, pkt, policy, endpoint)
+
+
+def parse_datagram(buf: bytearray, start: int, end: int) -> tuple[InnerPacket, bytes] | int:
+    """The inner packet and the GWLB endpoint id of the datagram at buf[start:end], or the
+    errors.Reason why it is malformed."""
     try:
         inner, protocol = check_geneve(buf, start, end)
         pkt = parse_inner(buf, inner, end, protocol)
     except DecodeError as error:
-        return Outcome.MALFORMED, int(error.reason), end
-    endpoint = endpoint_id(buf, start, inner) if policy.needs_endpoint else b""
-    return decide_parsed(buf, pkt, policy, endpoint)
+        return int(error.reason)
+    return pkt, endpoint_id(buf, start, inner)
 
 
 def decide_parsed(
@@ -52,10 +61,15 @@ def decide_parsed(
     """The policy's verdict on an already parsed packet, carried out in place (see above).
     Without `endpoint`, the datagram is in GWLB's usual layout (the fast path parsed it). The
     endpoint id is looked for only when a rule of the policy reads it."""
-    end = pkt.end
     if endpoint is None:
         endpoint = usual_endpoint_id(buf, pkt.start) if policy.needs_endpoint else b""
-    verdict, rule, replacements = policy.decide(buf, pkt, endpoint)
+    return carry_out(buf, pkt, policy.decide(buf, pkt, endpoint))
+
+
+def carry_out(buf: bytearray, pkt: InnerPacket, decision: Decision) -> tuple[Outcome, int, int]:
+    """Do what a decision says to the packet where it lies: (outcome, detail, end of the reply)."""
+    end = pkt.end
+    verdict, rule, replacements = decision
     if verdict is _PASS:
         return _PASSED, -1, end
     if verdict is _DROP:

@@ -1,15 +1,17 @@
-"""The fast path: prove with one or two struct reads that no rule can touch a packet.
+"""The fast path: prove with one or two struct reads that no packet rule can touch a packet.
 
-Why: most packets through an appliance match no rule, and parsing each one into an InnerPacket and
-asking every rule costs microseconds of Python per packet. `FastPath` is compiled from the policy
-once: per transport protocol, the ports (UDP, TCP) or ICMP types that some rule might match, or
-"all" when a rule has no such condition. A packet in GWLB's usual layout (Geneve with the three
-AWS options in order; IPv4 without options or fragments, or IPv6 without extension headers) whose
-ports or type are outside those sets, and whose lengths are exactly consistent, passes without
-further work. A packet in that layout that a rule might touch comes back parsed (the same
-InnerPacket parse_inner would make), so only the policy is asked. Everything else takes the full
-path (datapath.decide_in_place), which remains the reference: tests/unit/test_fastpath.py checks
-on random packets that "passes" means the full path says PASS, and that the parse is the same.
+Why: most packets through an appliance match no packet rule (policy.py: replace,
+drop_seq_multiple, payload conditions), and parsing each one into an InnerPacket and asking the
+rules costs microseconds of Python per packet. `FastPath` is compiled from the policy's packet
+rules once: per transport protocol, the ports (UDP, TCP) or ICMP types that some packet rule
+might match, or "all" when one has no such condition. A packet in GWLB's usual layout (Geneve
+with the three AWS options in order; IPv4 without options or fragments, or IPv6 without extension
+headers), whose lengths are exactly consistent, comes back True when its ports or type are
+outside those sets, and parsed (the same InnerPacket parse_inner would make) when a packet rule
+might touch it; either way its flow's verdict is the flow table's (worker.py). Everything else
+takes the full path (datapath.parse_datagram), which remains the reference:
+tests/unit/test_fastpath.py checks on random packets that True means the full path parses the
+datagram and no packet rule acts on it, and that the parse is the same.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from appliance.inner import (
     Fragment,
     InnerPacket,
 )
-from appliance.policy import Policy, Verdict
+from appliance.policy import Policy
 
 # Geneve with GWLB's options (4 words: version/opt len/flags/protocol, then the three option
 # headers), then IPv4 (version/IHL, total length, flags/fragment, protocol), then 13 bytes of the
@@ -50,12 +52,7 @@ class FastPath:
     def __init__(self, policy: Policy) -> None:
         self.watch: dict[int, frozenset[int] | None] = {}
         self.other: bool = False  # some rule may match protocols other than UDP/TCP/ICMP
-        if policy.default is not Verdict.PASS:
-            # Default deny: every packet needs a verdict, so none passes here unasked.
-            for proto in _KNOWN:
-                self.watch[proto] = ALL
-            self.other = True
-        for rule in policy.rules:
+        for rule in policy.packet_rules:  # the flow rules are the flow table's (worker.py)
             allowed = rule.protocols()
             for proto in _KNOWN:
                 if allowed is not None and proto not in allowed:

@@ -9,9 +9,19 @@ key). Semantics, in rule order:
   in the payload as it arrived); all matching replaces apply, in rule order, each to the result
   of the one before;
 - `pass` stops the evaluation: later rules are not asked;
-- what no rule decides gets `policy.default`: pass (the default), drop or reject.
+- what no rule decides gets `policy.default`: pass (the default), drop or reject; under a
+  default that denies, only a `pass` rule lets a packet through (a replace decides nothing).
 Fragments: a later fragment has no transport header and passes untouched; a first fragment is
 subject to drop rules, but a replace cannot be done without reassembly, so it is dropped instead.
+
+With a flow table (the worker's), the same rules are asked in two parts, so that a verdict sticks
+to a whole flow: the FLOW rules (pass, drop or reject, with no payload condition) decide a flow
+once, at its first packet (`decide_flow`), and every later packet of it, either way, gets that
+verdict; the PACKET rules (replace, drop_seq_multiple, and any rule with payload_contains) still
+act on each packet of a flow that passes (`decide_packet`), as far as the rule that passed the
+flow: a `pass` rule stops the evaluation as it always did. A packet's fate is the one `decide`
+gives; only the rule a drop is counted under may differ, when a later flow rule and an earlier
+payload rule both drop it.
 """
 
 from __future__ import annotations
@@ -58,6 +68,13 @@ class Verdict(enum.IntEnum):
 DEFAULTS = {"pass": Verdict.PASS, "drop": Verdict.DROP, "reject": Verdict.REJECT}
 DEFAULT_RULE = -2  # the `rule` of a decision made by policy.default
 REJECTS_PER_SECOND = 1000
+# GWLB's own idle timeouts (DESIGN.md section 1), and a bound: ~500 bytes a flow (flows.py).
+FLOW_DEFAULTS: dict[str, Any] = {
+    "max_flows": 200_000,
+    "tcp_timeout_s": 350.0,
+    "other_timeout_s": 120.0,
+    "closing_linger_s": 10.0,
+}
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,8 @@ class _Compiled(NamedTuple):
     """A rule as the per-packet loop reads it: its checks (the protocol already known), what it
     does, and every decision it can make, made once."""
 
+    rule: int  # its index in the policy
+    flow_checks: tuple[Check, ...]  # its flow-wide checks: a flow they fail is spared the rule
     checks: tuple[Check, ...]
     action: Action
     every: int
@@ -144,8 +163,12 @@ class Policy:
         rules: Iterable[Rule] = (),
         default: Verdict = Verdict.PASS,
         reject_per_second: int = REJECTS_PER_SECOND,
+        flow_settings: dict[str, float] | None = None,
+        track_flows: bool = False,
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
+        # The worker's flow table: FlowTable's keyword arguments (max_flows, timeouts).
+        self.flow_settings: dict[str, Any] = {**FLOW_DEFAULTS, **(flow_settings or {})}
         self.default = default
         self.reject_per_second = reject_per_second  # each worker's ceiling on generated rejects
         # Finding the endpoint id costs a slice per packet: only when a condition reads it.
@@ -154,24 +177,71 @@ class Policy:
             PASS_DECISION if default is Verdict.PASS else Decision(default, DEFAULT_RULE, ())
         )
         compiled = [_compile(i, r) for i, r in enumerate(self.rules)]
+        decides_flows = [_decides_flows(r) for r in self.rules]
         # Rules that can match each transport protocol, in order: most packets meet one or two.
-        self._by_protocol: tuple[tuple[_Compiled, ...], ...] = tuple(
-            tuple(
-                c
-                for c, r in zip(compiled, self.rules, strict=True)
-                if (allowed := r.protocols()) is None or proto in allowed
-            )
-            for proto in range(256)
+        self._by_protocol = _by_protocol(compiled, self.rules, [True] * len(compiled))
+        self._flow_rules = _by_protocol(compiled, self.rules, decides_flows)
+        self._packet_rules = _by_protocol(compiled, self.rules, [not d for d in decides_flows])
+        self.has_packet_rules = not all(decides_flows)
+        # Flows are tracked only when something decides them: a flow rule, a default that
+        # denies, or an operator who asked (policy.track_flows, for `appliancectl flows`).
+        # Without, every packet is judged alone and a passing packet costs what it always did.
+        self.stateful = track_flows or default is not Verdict.PASS or any(decides_flows)
+        self.packet_rules = tuple(
+            r for r, d in zip(self.rules, decides_flows, strict=True) if not d
         )
 
     def decide(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes = b"") -> Decision:
         """The verdict for the parsed inner packet `pkt` inside `buf`, from GWLB endpoint
-        `endpoint` (its 8-byte id)."""
+        `endpoint` (its 8-byte id), by every rule: the stateless answer."""
+        return self._evaluate(self._by_protocol, buf, pkt, endpoint, _ALL, self.default_decision)
+
+    def decide_flow(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes = b"") -> Decision:
+        """The verdict for the flow whose first packet `pkt` is, by the flow rules: PASS (with
+        the deciding `pass` rule's index, or -1 when none decided and the default passes), DROP
+        or REJECT."""
+        for index, _, checks, action, _, _, decided in self._flow_rules[pkt.protocol]:
+            for check in checks:
+                if not check(buf, pkt, endpoint):
+                    break
+            else:
+                return Decision(_PASS_VERDICT, index, ()) if action is _PASS else decided
+        return self.default_decision
+
+    def decide_packet(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes, upto: int) -> Decision:
+        """What the packet rules before rule `upto` (the one that passed the flow; -1: none)
+        do to this packet of a passing flow: PASS, DROP, REWRITE or UNREWRITABLE."""
+        limit = _ALL if upto < 0 else upto
+        return self._evaluate(self._packet_rules, buf, pkt, endpoint, limit, PASS_DECISION)
+
+    def inspects(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes, upto: int) -> bool:
+        """Whether a packet rule before `upto` may act on packets of the flow `pkt` opens: its
+        flow-wide conditions hold for it. False spares every later packet of the flow the
+        packet rules (a demo flow to port 53 never needs the port-3000 payload rules)."""
+        limit = _ALL if upto < 0 else upto
+        for entry in self._packet_rules[pkt.protocol]:
+            if entry.rule >= limit:
+                break
+            if all(check(buf, pkt, endpoint) for check in entry.flow_checks):
+                return True
+        return False
+
+    def _evaluate(
+        self,
+        table: tuple[tuple[_Compiled, ...], ...],
+        buf: Buffer,
+        pkt: InnerPacket,
+        endpoint: bytes,
+        limit: int,
+        otherwise: Decision,
+    ) -> Decision:
         if pkt.fragment == _LATER:
             return PASS_DECISION
         rewrite: Decision | None = None  # the first matching replace's, extended by later ones
         passed = False  # a `pass` rule decided: the default does not apply
-        for checks, action, every, replacement, decided in self._by_protocol[pkt.protocol]:
+        for index, _, checks, action, every, replacement, decided in table[pkt.protocol]:
+            if index >= limit:
+                break
             for check in checks:
                 if not check(buf, pkt, endpoint):
                     break
@@ -192,8 +262,10 @@ class Policy:
                     break
                 else:  # drop, reject
                     return decided
+        if not passed and otherwise.verdict is not _PASS_VERDICT:
+            return otherwise  # default deny: a replace is no decision to let a flow through
         if rewrite is None:
-            return PASS_DECISION if passed else self.default_decision
+            return PASS_DECISION
         if pkt.fragment != _WHOLE or pkt.routed or pkt.protocol not in REWRITABLE_PROTOCOLS:
             return Decision(Verdict.UNREWRITABLE, rewrite.rule, ())
         return rewrite
@@ -202,6 +274,29 @@ class Policy:
 # Module constants: an enum member lookup per packet costs more than the comparison it feeds.
 _LATER, _WHOLE, _REWRITE = Fragment.LATER, Fragment.NONE, Verdict.REWRITE
 _REPLACE, _DROP_SEQ_MULTIPLE, _PASS = Action.REPLACE, Action.DROP_SEQ_MULTIPLE, Action.PASS
+_PASS_VERDICT = Verdict.PASS
+_ALL = 1 << 30  # no rule limit
+
+
+def _decides_flows(rule: Rule) -> bool:
+    """A flow rule: pass, drop or reject on what a flow is, not on one packet's payload."""
+    return rule.action in (Action.PASS, Action.DROP, Action.REJECT) and not any(
+        c.per_packet for c in rule.match
+    )
+
+
+def _by_protocol(
+    compiled: list[_Compiled], rules: tuple[Rule, ...], chosen: list[bool]
+) -> tuple[tuple[_Compiled, ...], ...]:
+    """Per IP protocol, the chosen rules that can match it, in order."""
+    return tuple(
+        tuple(
+            c
+            for c, r, keep in zip(compiled, rules, chosen, strict=True)
+            if keep and ((allowed := r.protocols()) is None or proto in allowed)
+        )
+        for proto in range(256)
+    )
 
 
 def word_changes(find: bytes, replace: bytes) -> tuple[int, int] | None:
@@ -231,5 +326,7 @@ def _compile(index: int, rule: Rule) -> _Compiled:
     else:
         decided = Decision(Verdict.DROP, index, ())
     # The protocol index already guarantees the protocol; the other checks run per packet.
-    checks = tuple(c.compile() for c in rule.match if not isinstance(c, Protocol))
-    return _Compiled(checks, rule.action, rule.every, replacement, decided)
+    kept = [c for c in rule.match if not isinstance(c, Protocol)]
+    checks = tuple(c.compile() for c in kept)
+    flow_checks = tuple(c.compile() for c in kept if c.flow_wide)
+    return _Compiled(index, flow_checks, checks, rule.action, rule.every, replacement, decided)

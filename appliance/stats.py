@@ -8,9 +8,9 @@ run on, and a reader that sees a counter one batch old is fine. Readers never bl
 
 Layout (all little-endian unsigned 64-bit words):
     header  HEADER_WORDS words: magic, version, slots, words per slot, supervisor pid and heartbeat,
-            config generation, draining, ready, started, reload refusals
+            config generation, draining, ready, started, reload refusals, flows request
     slot k  SLOT_WORDS words: pid, state, cpu, restarts, started_ns, heartbeat_ns, generation,
-            reserved, then counters.SIZE counters
+            flows served, then counters.SIZE counters
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from appliance import counters as cnt
 
 MAGIC = int.from_bytes(b"GWLBSTAT", "little")
-VERSION = 1
+VERSION = 2  # 2: the counters of flows and rejects (counters.py), flows request words
 HEADER_WORDS = 16
 SLOT_META_WORDS = 8
 SLOT_WORDS = SLOT_META_WORDS + cnt.SIZE
@@ -45,6 +45,7 @@ class H(enum.IntEnum):
     READY = 8
     STARTED_NS = 9
     RELOADS_REFUSED = 10
+    FLOWS_REQUEST = 11  # bumped by `appliancectl flows`: each worker lists its flows once
 
 
 class S(enum.IntEnum):
@@ -57,6 +58,7 @@ class S(enum.IntEnum):
     STARTED_NS = 4
     HEARTBEAT_NS = 5
     GENERATION = 6  # the config generation this worker applies
+    FLOWS_SERVED = 7  # the last FLOWS_REQUEST this worker answered (flows-SLOT.json)
 
 
 def now_ns() -> int:

@@ -15,15 +15,28 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from appliance import counters as cnt
 from appliance.batch import TRUNCATED, BatchIO
 from appliance.batchio import SocketBatchIO
 from appliance.counters import Counter
-from appliance.datapath import Outcome, decide_in_place, decide_parsed, reject_in_place
+from appliance.datapath import (
+    Outcome,
+    carry_out,
+    decide_in_place,
+    decide_parsed,
+    parse_datagram,
+    reject_in_place,
+)
 from appliance.errors import Reason
 from appliance.fastpath import FastPath
-from appliance.policy import Policy
+from appliance.flowkey import PORTS_V4, FlowKey, flow_key, key_v4, key_v6, tcp_flags
+from appliance.flows import Flow, FlowTable
+from appliance.flowverdict import DROP, PASS_INSPECT, PASS_PLAIN, REJECT
+from appliance.geneve import usual_endpoint_id
+from appliance.inner import InnerPacket
+from appliance.policy import Decision, Policy, Verdict
 from appliance.reject import RejectBudget
 from appliance.sources import SourceFilter
 
@@ -45,7 +58,14 @@ _REJECTED, _REJECTS_SENT, _REJECTS_SUPPRESSED, _DEFAULT_DECIDED = (
     int(Counter.REJECTS_SUPPRESSED),
     int(Counter.DEFAULT_DECIDED),
 )
-_PASS, _REWRITE, _DROP, _REJECT = Outcome.PASS, Outcome.REWRITE, Outcome.DROP, Outcome.REJECT
+_FLOWS_ACTIVE, _FLOWS_CREATED, _FLOWS_EXPIRED, _FLOWS_EVICTED = (
+    int(Counter.FLOWS_ACTIVE),
+    int(Counter.FLOWS_CREATED),
+    int(Counter.FLOWS_EXPIRED),
+    int(Counter.FLOWS_EVICTED),
+)
+_PORTS_V4, _KEY_V4, _KEY_V6 = PORTS_V4, key_v4, key_v6
+_PASS, _REWRITE, _DROP = Outcome.PASS, Outcome.REWRITE, Outcome.DROP
 # A flag of our own, above the backend's 32 bits: the sender is not on the allow-list. Marking it
 # per batch leaves the loop one flags test for both reasons to skip a datagram.
 _FOREIGN = 1 << 32
@@ -112,6 +132,12 @@ class Worker:
         # Between two batches (the worker is single-threaded), so no packet sees half of it.
         self._fast = FastPath(policy)
         self._policy = policy
+        settings: dict[str, float] | None = getattr(self, "_flow_settings", None)
+        if settings is None or policy.flow_settings != settings:
+            self.flows = FlowTable(**policy.flow_settings)  # the first, or new bounds: afresh
+            self._flow_settings: dict[str, float] = policy.flow_settings
+        else:
+            self.flows.generation += 1  # every flow is judged again by this policy, next packet
         rate = policy.reject_per_second
         budget = getattr(self, "_budget", None)
         if budget is None or budget.per_second != rate:
@@ -131,20 +157,30 @@ class Worker:
         if n:
             self.process(n)
             self.flush()
+        else:
+            self._end_batch(time.monotonic_ns())  # an idle worker still expires its flows
         return n
 
     def process(self, n: int) -> None:
         """Decide the first n datagrams of the batch and queue their replies (flush sends them).
 
         The hot loop: everything is a local, the batch's starts and results come as flat tuples
-        (one call each per batch), most packets are settled by the fast path's one or two struct
-        reads, and queueing a reply is one list store.
+        (one call each per batch), the fast path's one or two struct reads vouch for a datagram,
+        its flow key is two slices, and a packet of a flow already passed, that no packet rule
+        can touch, costs one dict lookup more (flows.py) and one list store. Anything else (a
+        new flow, a flow decided under an older policy, a flow the packet rules watch, other
+        layouts) goes to `_judge`.
         """
-        io, c = self.io, self.counters
+        io, c, flows = self.io, self.counters, self.flows
         buffer, replies = io.buffer, io.replies
-        classify, policy = self._fast.classify, self._policy
-        pass_, rewrite, drop, reject, skip = _PASS, _REWRITE, _DROP, _REJECT, _SKIP
-        passed = rewritten = 0
+        classify, seen, judge = self._fast.classify, flows.seen, self._judge
+        generation, plain, skip = flows.generation, PASS_PLAIN, _SKIP
+        stateless, policy, other = not self._policy.stateful, self._policy, self._other
+        pass_, rewrite, drop = _PASS, _REWRITE, _DROP
+        rewritten = 0
+        ports_v4, key_v4, key_v6 = _PORTS_V4, _KEY_V4, _KEY_V6
+        now = time.monotonic_ns()
+        passed = 0
         results = io.results(n)
         if self.sources is not None:
             results = _mark_foreign(results, io.senders(n), self.sources)
@@ -154,36 +190,149 @@ class Worker:
                 self._skip(flags)
                 continue
             parsed = classify(buffer, start, length)
-            if parsed is True:
-                passed += 1
-            else:
+            if stateless:  # no rule decides flows: every packet on its own, as ever (policy.py)
+                if parsed is True:
+                    passed += 1
+                    replies[i] = length
+                    continue
                 if parsed is None:
                     outcome, detail, end = decide_in_place(buffer, start, start + length, policy)
                 else:
                     outcome, detail, end = decide_parsed(buffer, parsed, policy)
                 if outcome is pass_:
                     passed += 1
+                    replies[i] = length
                 elif outcome is rewrite:
-                    length = end - start  # rewritten where it lies: its ROOM has space to grow
                     rewritten += 1
+                    replies[i] = end - start  # rewritten where it lies: its ROOM has room
                 elif outcome is drop:
                     c[_DROPPED] += 1
                     self._count_rule(detail)
-                    continue
-                elif outcome is reject:
-                    answer = self._reject(buffer, start, start + length, detail)
-                    if answer is None:
-                        continue
-                    length = answer - start  # the answer to the sender, written over the packet
                 else:
-                    self._refuse(outcome, detail)
+                    answer = other(buffer, start, outcome, detail, end)
+                    if answer is not None:
+                        replies[i] = answer
+                continue
+            if parsed is None:
+                answer = judge(buffer, start, length, None, None, None, now)
+            else:
+                if buffer[start + 2] == 8:  # Geneve protocol 0x0800: IPv4 in the usual layout
+                    proto = buffer[start + 49]
+                    if proto == 6 or proto == 17:  # the key in one struct read (flowkey.py)
+                        endpoint, p, ends = ports_v4(buffer, start)
+                        key = endpoint + p + ends
+                        tcp = buffer[start + 73] if proto == 6 else 0  # its flags byte
+                    else:
+                        key, tcp = key_v4(buffer, start), 0
+                else:
+                    key = key_v6(buffer, start)
+                    tcp = buffer[start + 93] if key[8] == 6 else 0
+                flow = seen(key, now, length - 40, tcp)
+                if flow is not None and flow.verdict == plain and flow.generation == generation:
+                    passed += 1
+                    replies[i] = length
                     continue
-            replies[i] = length
+                answer = judge(buffer, start, length, parsed, key, flow, now)
+            if answer is not None:
+                replies[i] = answer
         self._pending = n
         c[_RECEIVED] += n
         c[_BATCHES] += 1
         c[_PASSED] += passed
         c[_REWRITTEN] += rewritten
+        self._end_batch(now)
+
+    def _end_batch(self, now: int) -> None:
+        """Expire what is due (a slice of it) and publish the flow counters."""
+        flows, c = self.flows, self.counters
+        flows.sweep(now)
+        c[_FLOWS_ACTIVE] = flows.active
+        c[_FLOWS_CREATED] = flows.created
+        c[_FLOWS_EXPIRED] = flows.expired
+        c[_FLOWS_EVICTED] = flows.evicted_early + flows.evicted_idle
+
+    def _judge(
+        self,
+        buf: bytearray,
+        start: int,
+        length: int,
+        parsed: InnerPacket | Literal[True] | None,
+        key: FlowKey | None,
+        flow: Flow | None,
+        now: int,
+    ) -> int | None:
+        """Everything the hot loop does not settle: the reply's length, or None for no reply.
+
+        `parsed`: the fast path's answer (None: another layout, parsed here in full); `key` and
+        `flow`: the flow the hot loop found (None: not looked for, or no live flow)."""
+        flows, policy = self.flows, self._policy
+        if parsed is None or parsed is True:
+            got = parse_datagram(buf, start, start + length)
+            if isinstance(got, int):
+                self._refuse(Outcome.MALFORMED, got)
+                return None
+            pkt, endpoint = got
+            if key is None:
+                key = flow_key(buf, pkt, endpoint)
+                if key is not None:
+                    flow = flows.seen(key, now, pkt.end - pkt.start, tcp_flags(buf, pkt))
+        else:
+            pkt, endpoint = parsed, usual_endpoint_id(buf, parsed.start)
+        if key is None:  # a later fragment: no ports, no flow to go by; judged on its own
+            return self._carry(buf, start, pkt, policy.decide(buf, pkt, endpoint))
+        if flow is None or flow.generation != flows.generation:
+            verdict, rule = self._verdict(buf, pkt, endpoint)
+            if flow is None:
+                size = pkt.end - pkt.start
+                flow = flows.open(key, now, size, verdict, rule, tcp_flags(buf, pkt))
+            else:
+                flows.decide(flow, verdict, rule)
+        verdict, rule = flow.verdict, flow.rule
+        if verdict == PASS_PLAIN:
+            self.counters[_PASSED] += 1
+            return length
+        if verdict == DROP:
+            self.counters[_DROPPED] += 1
+            self._count_rule(rule)
+            return None
+        if verdict == REJECT:
+            answer = self._reject(buf, start, start + length, rule)
+            return None if answer is None else answer - start
+        return self._carry(buf, start, pkt, policy.decide_packet(buf, pkt, endpoint, rule))
+
+    def _other(
+        self, buf: bytearray, start: int, outcome: Outcome, detail: int, end: int
+    ) -> int | None:
+        """A reject, or a refusal: the reply's length (a reject's answer), or None."""
+        if outcome is Outcome.REJECT:
+            answer = self._reject(buf, start, end, detail)
+            return None if answer is None else answer - start
+        self._refuse(outcome, detail)
+        return None
+
+    def _verdict(self, buf: bytearray, pkt: InnerPacket, endpoint: bytes) -> tuple[int, int]:
+        """A flow's verdict code (flowverdict.py) and deciding rule, from its first packet."""
+        decision = self._policy.decide_flow(buf, pkt, endpoint)
+        if decision.verdict is Verdict.DROP:
+            return DROP, decision.rule
+        if decision.verdict is Verdict.REJECT:
+            return REJECT, decision.rule
+        inspect = self._policy.inspects(buf, pkt, endpoint, decision.rule)
+        return (PASS_INSPECT if inspect else PASS_PLAIN), decision.rule
+
+    def _carry(
+        self, buf: bytearray, start: int, pkt: InnerPacket, decision: Decision
+    ) -> int | None:
+        """Carry out a packet's own decision: the reply's length, or None."""
+        outcome, detail, end = carry_out(buf, pkt, decision)
+        c = self.counters
+        if outcome is Outcome.PASS:
+            c[_PASSED] += 1
+        elif outcome is Outcome.REWRITE:
+            c[_REWRITTEN] += 1
+        else:
+            return self._other(buf, start, outcome, detail, end)
+        return end - start
 
     def flush(self) -> None:
         """Send the queued replies (in one sendmmsg on the socket backend)."""

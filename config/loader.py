@@ -17,6 +17,7 @@ from typing import Any
 from appliance.conditions import ICMPS, REGISTRY, Condition, contradiction
 from appliance.policy import (
     DEFAULTS,
+    FLOW_DEFAULTS,
     REJECTS_PER_SECOND,
     REWRITABLE_PROTOCOLS,
     Action,
@@ -35,6 +36,12 @@ from config.schema import (
 )
 
 Path_ = tuple[str | int, ...]
+# [policy] keys of the flow table's timeouts, and FlowTable's names for them
+FLOW_TIMEOUTS = {
+    "flow_timeout_tcp_s": "tcp_timeout_s",
+    "flow_timeout_other_s": "other_timeout_s",
+    "flow_linger_s": "closing_linger_s",
+}
 
 
 def default_config_path() -> Path:
@@ -262,7 +269,11 @@ class _Reader:
         )
 
     def policy(self, data: dict[str, Any]) -> Policy:
-        policy = self.table(data, ("policy",), {"rules", "default", "reject_per_second"})
+        policy = self.table(
+            data,
+            ("policy",),
+            {"rules", "default", "reject_per_second", "max_flows", "track_flows", *FLOW_TIMEOUTS},
+        )
         default = self.choice(policy, ("policy", "default"), "pass", tuple(DEFAULTS))
         per_second = self.integer(
             policy, ("policy", "reject_per_second"), REJECTS_PER_SECOND, 0, 1_000_000
@@ -275,7 +286,15 @@ class _Reader:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise self.fail(("policy", "rules", i, "name"), f"duplicate rule name {name!r}")
-        return Policy(compiled, DEFAULTS[default], per_second)
+        flows: dict[str, float] = {
+            "max_flows": self.integer(policy, ("policy", "max_flows"), 200_000, 1, 50_000_000)
+        }
+        for key, setting in FLOW_TIMEOUTS.items():
+            flows[setting] = self.seconds(policy, ("policy", key), FLOW_DEFAULTS[setting])
+        track = policy.get("track_flows", False)
+        if not isinstance(track, bool):
+            raise self.fail(("policy", "track_flows"), f"must be true or false, not {track!r}")
+        return Policy(compiled, DEFAULTS[default], per_second, flows, track)
 
     def rule(self, raw: Any, where: Path_) -> Rule:
         if not isinstance(raw, dict):

@@ -19,8 +19,9 @@ from typing import Any
 
 from appliance import counters as cnt
 from appliance.stats import H, StatsTable, now_ns
+from supervisor import flowdump
 from supervisor.arbiter import Arbiter
-from supervisor.control import Handler
+from supervisor.control import Deferred, Handler
 from supervisor.healthproc import HealthService
 from supervisor.logring import LogRing
 from supervisor.snapshot import TableReader
@@ -48,6 +49,7 @@ class Commands:
         self.arbiter = arbiter
         self.table = table
         self.reader = TableReader(runtime_dir)
+        self.runtime_dir = runtime_dir
         self.ring = ring
         self.health = health
         self.supervisor_facts = supervisor_facts
@@ -65,6 +67,7 @@ class Commands:
             "drain": self._no_args(lambda: self._set_draining(1)),
             "undrain": self._no_args(lambda: self._set_draining(0)),
             "tail": self.tail,
+            "flows": self.flows,
             "version": self._no_args(lambda: {"version": version(), "protocol": PROTOCOL}),
             "shutdown": self._no_args(self.shutdown),
         }
@@ -105,6 +108,26 @@ class Commands:
         count = int(rest[0]) if rest else TAIL_DEFAULT
         lines = list(self.ring.lines)[-count:] if count else []
         return {"lines": lines, "follow": follow}
+
+    def flows(self, args: list[str]) -> Deferred:
+        """Ask the running workers for their flows; the answer comes when they have given it."""
+        target, filters = (args[0] if args else "all"), flowdump.parse_filters(args[1:])
+        slots = len(self.arbiter.slots)
+        if target == "all":
+            chosen = list(range(slots))
+        elif target.isdigit() and int(target) < slots:
+            chosen = [int(target)]
+        else:
+            raise ValueError(f"name a slot from 0 to {slots - 1}, or all")
+        running = [k for k in chosen if self.arbiter.slots[k].state is State.RUNNING]
+        number = flowdump.ask(self.table, self.runtime_dir, filters)
+        deadline = now_ns() + int(flowdump.WAIT_S * 1e9)
+
+        def poll() -> dict[str, Any] | None:
+            final = now_ns() > deadline
+            return flowdump.gather(self.table, self.runtime_dir, number, running, final)
+
+        return Deferred(poll, deadline + int(1e9), "the workers did not answer in time")
 
     def shutdown(self) -> dict[str, Any]:
         log.info("shutdown requested over the control socket")

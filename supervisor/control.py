@@ -34,7 +34,21 @@ FOLLOWER_BACKLOG_BYTES = 1 << 20
 RECV_BYTES = 64 << 10
 ACCEPTS_PER_EVENT = 16
 
-Handler = Callable[[list[str]], dict[str, Any]]
+
+class Deferred:
+    """A handler's answer that is not ready yet (e.g. `flows`, which the workers write at their
+    next heartbeat): the loop asks `poll()` at each tick until it returns the reply, or gives
+    the client `expired()` once `deadline_ns` passed. The loop never waits for it."""
+
+    def __init__(
+        self, poll: Callable[[], dict[str, Any] | None], deadline_ns: int, expired: str
+    ) -> None:
+        self.poll = poll
+        self.deadline_ns = deadline_ns
+        self.expired = expired
+
+
+Handler = Callable[[list[str]], "dict[str, Any] | Deferred"]
 log = logging.getLogger("applianced")
 
 
@@ -48,6 +62,7 @@ class _Connection:
         self.following = False
         self.writing = False  # registered for EVENT_WRITE
         self.feed: Callable[[bytes], None] | None = None  # a follower's entry in the log ring
+        self.pending: Deferred | None = None  # an answer the loop is still waiting for
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -134,8 +149,14 @@ class ControlServer:
         return True
 
     def _answer(self, conn: _Connection, request: dict[str, Any]) -> None:
-        reply = self.dispatch(request)
+        answer = self.dispatch(request)
         conn.answered = True
+        if isinstance(answer, Deferred):
+            conn.pending, conn.deadline_ns = answer, 0
+            return
+        self._reply(conn, answer)
+
+    def _reply(self, conn: _Connection, reply: dict[str, Any]) -> None:
         conn.outbox += encode(reply)
         if reply.get("follow"):
             conn.following, conn.deadline_ns = True, 0
@@ -171,15 +192,31 @@ class ControlServer:
     # --- the loop's step --------------------------------------------------------------------
 
     def tick(self, now: int) -> None:
-        """Drop connections past their deadline; start sending what followers were given."""
+        """Drop connections past their deadline; answer deferred requests that are ready;
+        start sending what followers were given."""
         for conn in list(self.connections.values()):
-            if conn.deadline_ns and now > conn.deadline_ns:
+            if conn.pending is not None:
+                self._settle(conn, now)
+            elif conn.deadline_ns and now > conn.deadline_ns:
                 log.debug("control client dropped: too slow (fd %d)", conn.fileno())
                 self._close(conn)
             elif conn.outbox and not conn.writing:
                 self._send(conn)
 
-    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _settle(self, conn: _Connection, now: int) -> None:
+        pending = conn.pending
+        assert pending is not None
+        reply = pending.poll()
+        if reply is None and now > pending.deadline_ns:
+            reply = _error(pending.expired)
+        if reply is not None:
+            conn.pending = None
+            if reply.get("ok", True) and "v" not in reply:
+                reply = {"v": PROTOCOL_VERSION, "ok": True, **reply}
+            self._reply(conn, reply)
+            self._send(conn)
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any] | Deferred:
         if request.get("v") != PROTOCOL_VERSION:
             return _error(f"protocol version {request.get('v')!r} is not {PROTOCOL_VERSION}")
         command, args = request.get("cmd"), request.get("args", [])
@@ -191,6 +228,8 @@ class ControlServer:
             reply = handler([str(a) for a in args])
         except ValueError as error:
             return _error(str(error))
+        if isinstance(reply, Deferred):
+            return reply
         return {"v": PROTOCOL_VERSION, "ok": True, **reply}
 
     # --- endings ----------------------------------------------------------------------------

@@ -141,6 +141,10 @@ def execute(invocation: Invocation) -> int:
             return run_slot_verb(client, invocation)
         if name == "tail":
             return run_tail(client, invocation)
+        if name == "flows":
+            reply = client.call(name, [invocation.target or "all", *invocation.filters])
+            print(pretty(strip(reply)) if invocation.as_json else render(name, reply))
+            return EXIT_OK
         reply = client.call(name)
         print(pretty(strip(reply)) if invocation.as_json else render(name, reply))
         return exit_code(name, reply)

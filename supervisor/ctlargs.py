@@ -56,6 +56,11 @@ COMMANDS: dict[str, Command] = {
         "the daemon's last N log lines (default 50); -f follows them "
         "(with --json: one JSON object per line)",
     ),
+    "flows": Command(
+        "[SLOT|all] [--addr ADDRESS] [--port PORT] [--endpoint ID] [--verdict VERDICT]",
+        "the flows the workers track: endpoint, addresses and ports, age, idle time, packets "
+        "and bytes each way, verdict and the rule that decided it",
+    ),
     "version": Command("", "the daemon's version and protocol (--version: this client's)"),
     "shutdown": Command("", "stop the workers gracefully and exit"),
     "help": Command("[COMMAND]", "this list, or one command's details"),
@@ -106,6 +111,7 @@ class Invocation:
     count: int | None = None  # tail N; None: the daemon's default
     follow: bool = False
     topic: str | None = None  # help COMMAND
+    filters: tuple[str, ...] = ()  # flows: "key=value" words, as they go on the wire
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,6 +140,18 @@ def _slot(text: str) -> str:
     if text == "all" or (text.isascii() and text.isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"a slot number (0, 1, ...) or all, not {text!r}")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"a port from 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _endpoint(text: str) -> str:
+    if len(text) != 16 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"an endpoint id is 16 hex digits, not {text!r}")
+    return text.lower()
 
 
 def _count(text: str) -> int:
@@ -185,6 +203,16 @@ def _command_parser(name: str) -> _Parser:
         )
     elif name == "help":
         parser.add_argument("topic", metavar="COMMAND", nargs="?", help="one command")
+    elif name == "flows":
+        parser.add_argument(
+            "target", metavar="SLOT|all", nargs="?", type=_slot, help="a slot, or all (default)"
+        )
+        parser.add_argument("--addr", metavar="ADDRESS", help="either end is this address")
+        parser.add_argument("--port", metavar="PORT", type=_port, help="either end's port")
+        parser.add_argument("--endpoint", metavar="ID", type=_endpoint, help="16 hex digits")
+        parser.add_argument(
+            "--verdict", choices=("pass", "drop", "reject", "undecided"), help="how it was decided"
+        )
     return parser
 
 
@@ -232,6 +260,11 @@ def parse(words: Sequence[str], defaults: Defaults = Defaults()) -> Invocation:
         parser.error("--timeout means nothing with --no-wait")
     if name == "help" and given["topic"] is not None and given["topic"] not in COMMANDS:
         parser.error(f"unknown command {given['topic']!r}; try 'help'")
+    filters = tuple(
+        f"{key}={given[key]}"
+        for key in ("addr", "port", "endpoint", "verdict")
+        if given.get(key) is not None
+    )
     return Invocation(
         name,
         given.get("socket", socket_path),
@@ -242,6 +275,7 @@ def parse(words: Sequence[str], defaults: Defaults = Defaults()) -> Invocation:
         count=given.get("count"),
         follow=given.get("follow", False),
         topic=given.get("topic"),
+        filters=filters,
     )
 
 

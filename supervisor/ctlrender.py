@@ -35,6 +35,8 @@ def render(command: str, reply: dict[str, Any]) -> str:
         if reply.get("draining"):
             return "draining: yes (health answers 503 until undrain)"
         return "draining: no (health reports the facts again)"
+    if command == "flows":
+        return render_flows(reply)
     if command == "version":
         return f"applianced {reply.get('version')}, protocol {reply.get('protocol')}"
     if "detail" in reply:
@@ -103,3 +105,42 @@ def render_stats(reply: dict[str, Any]) -> str:
                 for key in keys
             ]
     return "\n".join(table(["counter", *columns], rows, "<" + ">" * len(columns)))
+
+
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+NO_FLOWS = (
+    "no flows (the workers track flows when the policy decides them: a rule that passes, drops "
+    "or rejects without a payload condition, policy.default drop or reject, or "
+    "policy.track_flows = true)"
+)
+
+
+def render_flows(reply: dict[str, Any]) -> str:
+    """One line per flow, the side that opened it first; then what was left out, if anything."""
+    header = ("SLOT", "ENDPOINT", "PROTO", "FROM", "TO", "AGE", "IDLE", "PKTS", "BYTES", "VERDICT")
+    rows = []
+    for f in reply["flows"]:
+        rows.append(
+            (
+                f["slot"],
+                f["endpoint"],
+                PROTOCOLS.get(f["protocol"], f["protocol"]),
+                _end(f["src"], f["src_port"]),
+                _end(f["dst"], f["dst_port"]),
+                f"{f['age_s']:.0f}s",
+                f"{f['idle_s']:.0f}s",
+                f"{f['packets_out']}/{f['packets_in']}",
+                f"{f['bytes_out']}/{f['bytes_in']}",
+                f["verdict"] + (f" ({f['rule']})" if f.get("rule") else ""),
+            )
+        )
+    lines = table(header, rows, "><<<<>>>><") if rows else [NO_FLOWS]
+    for note in reply.get("notes", []):
+        lines.append(str(note))
+    return "\n".join(lines)
+
+
+def _end(address: str, port: int | None) -> str:
+    if port is None or port < 0:
+        return address
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -34,6 +34,7 @@ from appliance.worker import Worker
 from config.errors import ConfigError
 from config.loader import load_config
 from config.schema import ApplianceConfig
+from supervisor import flowdump
 from supervisor.arbiter import EXIT_BOOT, EXIT_SOFTWARE
 from supervisor.boot import SNAPSHOT_NAME
 
@@ -141,6 +142,8 @@ def boot(slot: int, context: WorkerContext) -> Worker:
     snapshot = context.config.runtime_dir / SNAPSHOT_NAME
     applied = [int(header[H.CONFIG_GENERATION])]
     words[S.GENERATION] = applied[0]
+    words[S.FLOWS_SERVED] = int(header[H.FLOWS_REQUEST])  # requests before we came: not ours
+    runtime = context.config.runtime_dir
 
     def heartbeat() -> None:
         words[S.HEARTBEAT_NS] = now_ns()
@@ -149,6 +152,14 @@ def boot(slot: int, context: WorkerContext) -> Worker:
             applied[0] = generation
             _apply(worker, snapshot, slot)
             words[S.GENERATION] = generation
+        request = int(header[H.FLOWS_REQUEST])
+        if request != words[S.FLOWS_SERVED]:
+            names = tuple(rule.name for rule in worker.policy.rules)
+            try:
+                flowdump.serve(worker, runtime, slot, names)
+            except OSError as error:  # a full disk, say: the data path goes on regardless
+                log.warning("worker %d: cannot list its flows: %s", slot, error)
+            words[S.FLOWS_SERVED] = request
 
     worker.heartbeat = heartbeat
     heartbeat()

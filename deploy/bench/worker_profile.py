@@ -35,8 +35,9 @@ from appliance.batchio import (
     SocketBatchIO,
 )
 from appliance.counters import new_counters
+from appliance.policy import Policy
 from appliance.worker import Worker
-from config.loader import load_config
+from config.loader import default_config_path, parse_config
 
 OPTIONS = (
     bytes.fromhex("01080102")
@@ -55,6 +56,12 @@ def datagram(inner: Packet) -> bytes:
     return struct.pack("!BBHI", 8, 0, protocol, 0) + OPTIONS + raw(inner)
 
 
+def ACK(**ports: int) -> Packet:
+    """A TCP segment of an established connection, as most of a flow's packets are (scapy's
+    default, a SYN, would make every packet of the flow look like a new connection)."""
+    return TCP(flags="A", **ports)
+
+
 def mix(payload: int) -> dict[str, list[bytes]]:
     """The benchmark's classes, in its proportions per 100 packets (deploy/bench/README.md)."""
     fill = bytes(range(32, 127)) * (payload // 95 + 1)
@@ -65,14 +72,14 @@ def mix(payload: int) -> dict[str, list[bytes]]:
     return {
         "pass_v4": [
             datagram(
-                IP(**V4) / (UDP if k % 2 else TCP)(sport=40000 + k, dport=ports[k % 10]) / Raw(body)
+                IP(**V4) / (UDP if k % 2 else ACK)(sport=40000 + k, dport=ports[k % 10]) / Raw(body)
             )
             for k in range(60)
         ],
         "pass_v6": [
             datagram(
                 IPv6(**V6)
-                / (UDP if k % 2 else TCP)(sport=40000 + k, dport=ports[k % 10])
+                / (UDP if k % 2 else ACK)(sport=40000 + k, dport=ports[k % 10])
                 / Raw(body)
             )
             for k in range(10)
@@ -86,17 +93,26 @@ def mix(payload: int) -> dict[str, list[bytes]]:
         "icmp_echo": [datagram(IP(**V4) / ICMP(seq=k + 1) / Raw(body)) for k in range(5)]
         + [datagram(IPv6(**V6) / ICMPv6EchoRequest(seq=k + 1) / Raw(body)) for k in range(5)],
         "tcp_3000": [
-            datagram(IP(**V4) / TCP(sport=40000 + k, dport=3000) / Raw(body)) for k in range(5)
+            datagram(IP(**V4) / ACK(sport=40000 + k, dport=3000) / Raw(body)) for k in range(5)
         ],
     }
 
 
+def policy(track_flows: bool) -> Policy:
+    """The shipped demo policy; with `track_flows`, the same rules with the flow table on (the
+    cost every packet pays once a policy decides flows: appliance/worker.py)."""
+    text = default_config_path().read_text()
+    if track_flows:
+        text = text.replace("track_flows = false", "track_flows = true")
+    return parse_config(text).policy
+
+
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, track_flows: bool = False) -> None:
         data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.io = SocketBatchIO(data, raw_sock, 64)
-        self.worker = Worker.over(self.io, load_config().policy, new_counters())
+        self.worker = Worker.over(self.io, policy(track_flows), new_counters())
         self.rx = self.io.rx
 
     def load(self, datagrams: list[bytes]) -> int:
@@ -130,8 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=3000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--track-flows", action="store_true", help="with the flow table on (policy.track_flows)"
+    )
     args = parser.parse_args()
-    bench = Bench()
+    bench = Bench(args.track_flows)
     for payload in (64, 1400):
         classes = mix(payload)
         print(f"{payload} B payload, user-space CPU per packet, process + prepare (batch of 64):")

@@ -206,6 +206,8 @@ def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
             for version in (4, 6):
                 print(f"\n=== firewall, IPv{version}: rules that reject ===")
                 firewall_scene.run_scene(tb, version)
+            print("\n=== appliancectl flows: what the workers track now ===")
+            print(firewall_scene.flows_table(appliance_cmd[0], workdir / "run"))
         report = emulator.finish()
         print("\n=== emulated GWLB report ===")
         print_report(report)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from testbed import Testbed, wait_until
 
@@ -109,6 +110,14 @@ def tcp_listening(tb: Testbed, ports: set[int]) -> bool:
 
 def _quiet() -> dict[str, object]:
     return {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def flows_table(applianced: str, runtime: Path) -> str:
+    """What `appliancectl flows` prints for the daemon whose runtime directory is `runtime`."""
+    appliancectl = str(Path(applianced).with_name("appliancectl"))
+    argv = [appliancectl, "--socket", str(runtime / "control.sock"), "flows"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+    return (done.stdout + done.stderr).rstrip()
 
 
 def run_scene(tb: Testbed, version: int) -> dict[str, object]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from appliance_proc import DEFAULT_CONFIG, Appliance
+from appliance_proc import DEFAULT_CONFIG, Appliance, ctl
 from firewall_scene import CONNECT_TIMEOUT_S, RULES, Attempt, run_scene
 from testbed import EmulatorHandle, Testbed
 
@@ -30,6 +30,16 @@ def test_rejected_connections_fail_at_once_and_allowed_ones_connect(
     appliance = Appliance(testbed, 1, tmp_path, config=text + RULES)
     emulator = start_emulator(testbed)
     found = run_scene(testbed, version)
+    code, listing = ctl(runtime, "flows", "--port", "23")
+    assert code == 0, listing
+    (telnet,) = [f for f in listing["flows"] if f["protocol"] == 6]
+    assert (telnet["dst_port"], telnet["verdict"], telnet["rule"]) == (
+        23,
+        "reject",
+        "firewall-no-telnet",
+    )
+    code, listing = ctl(runtime, "flows", "--verdict", "pass")
+    assert {f["dst_port"] for f in listing["flows"]} >= {8080}
     report = emulator.finish()
     assert appliance.stop() == 0
 

@@ -10,7 +10,6 @@ from scapy.packet import Raw
 
 from appliance.conditions import REGISTRY, Condition
 from appliance.datapath import Outcome, handle_datagram
-from appliance.fastpath import FastPath
 from appliance.inner import InnerPacket
 from appliance.policy import DEFAULT_RULE, Action, Policy, Rule
 from config.errors import ConfigError
@@ -107,15 +106,19 @@ match = { protocol = "tcp", dst_port = [80, 443] }
     assert judge(gwlb, p, web) == (Outcome.PASS, -1)
     other = IP(src="10.0.0.1", dst="10.0.0.2") / UDP(dport=53) / Raw(b"q")
     assert judge(gwlb, p, other) == (Outcome[default.upper()], DEFAULT_RULE)
-    # The fast path must not wave anything through under default deny.
-    assert FastPath(p).udp is None and FastPath(p).other
 
 
-def test_the_demo_rewrites_still_pass_under_default_deny(gwlb) -> None:
+def test_under_default_deny_only_a_pass_rule_lets_a_packet_through(gwlb) -> None:
     text = default_config_path().read_text()
     p = parse_config(text.replace('default = "pass"', 'default = "drop"')).policy
     weak = IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=9, dport=3000) / Raw(b"weakly typed")
-    assert judge(gwlb, p, weak)[0] is Outcome.REWRITE  # a replace is a decision to pass
+    assert judge(gwlb, p, weak) == (Outcome.DROP, DEFAULT_RULE)  # a replace decides nothing
+    opened = parse_config(
+        text.replace('default = "pass"', 'default = "drop"')
+        + '[[policy.rules]]\nname = "udp-3000"\naction = "pass"\n'
+        + 'match = { protocol = "udp", port = 3000 }\n'
+    ).policy
+    assert judge(gwlb, opened, weak) == (Outcome.REWRITE, 1)
 
 
 BAD = [
