@@ -4,6 +4,7 @@ the demo's per-packet rules still acting on flows that pass."""
 
 from __future__ import annotations
 
+import gc
 import struct
 
 import pytest
@@ -157,3 +158,16 @@ def test_under_default_deny_only_flows_a_rule_passes_go_through() -> None:
     assert (error[ICMP].type, error[ICMP].code) == (3, 13)  # the default's reject, answered
     counters = snapshot(worker.counters, ("dns",))
     assert counters["default_decided"] == 1 and counters["rejects_sent"] == 1
+
+
+def test_the_flow_table_is_kept_out_of_the_cyclic_collectors_way() -> None:
+    io = FakeIO()
+    worker = worker_over(io, policy(DENY_LAB))
+    try:
+        gc.unfreeze()
+        flows = [gwlb(IP(src=A, dst=B) / UDP(sport=port, dport=53)) for port in range(7000, 7010)]
+        assert all(answered(worker, io, *flows))
+        assert worker.flows.active == 10
+        assert gc.get_freeze_count() >= 10  # frozen at the end of the batch: no full-gc stall
+    finally:
+        gc.unfreeze()
