@@ -228,6 +228,9 @@ class ControlServer:
             reply = handler([str(a) for a in args])
         except ValueError as error:
             return _error(str(error))
+        except OSError as error:  # e.g. a full runtime dir: the command fails, the loop goes on
+            log.error("%s failed: %s", command, error)
+            return _error(f"{command} failed: {error.strerror or error}")
         if isinstance(reply, Deferred):
             return reply
         return {"v": PROTOCOL_VERSION, "ok": True, **reply}

@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         log.error("cannot boot: %s", error)
         return EXIT_BOOT
-    return service.run()
+    try:
+        return service.run()
+    except Exception:  # a bug: say where, with the traceback, before the process is gone
+        log.exception("the supervisor failed; its workers stop with it")
+        return 1
 
 
 def check(config: ApplianceConfig) -> int:

@@ -158,7 +158,10 @@ class HealthService:
                 health.slice_us,
                 error,
             )
-        self.pidfile.write_text(f"{self.pid}\n")
+        try:  # only for evicting a left-behind instance: a full runtime dir must not stop us
+            self.pidfile.write_text(f"{self.pid}\n")
+        except OSError as error:
+            log.warning("health service: cannot write %s: %s", self.pidfile, error.strerror)
         self.state = State.RUNNING
         log.info("health service: gunicorn pid %d on %s", self.pid, self.bind)
 

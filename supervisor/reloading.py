@@ -51,9 +51,21 @@ class Reloader:
             log.error("reload %s", self.last["detail"])
             return self.last
         plan = reload_plan(self.running, new)
-        self.running = with_live_keys(self.running, new)
+        running = with_live_keys(self.running, new)
         generation = int(self.table.header[H.CONFIG_GENERATION]) + 1
-        write_snapshot(self.running, text, generation)  # before the workers look for it
+        try:
+            write_snapshot(running, text, generation)  # before the workers look for it
+        except OSError as error:  # a full or read-only runtime dir: nothing changed yet
+            self.table.header[H.RELOADS_REFUSED] += 1
+            where = self.running.runtime_dir
+            self.last = _outcome(
+                False,
+                f"refused, the running config stays: cannot write the config snapshot in "
+                f"{where}: {error.strerror}; free space there and reload again",
+            )
+            log.error("reload %s", self.last["detail"])
+            return self.last
+        self.running = running
         self._applied(self.running)
         self.table.header[H.CONFIG_GENERATION] = generation
         detail = f"generation {generation}, {len(new.policy.rules)} rules: {plan.describe()}"

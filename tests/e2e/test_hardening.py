@@ -4,22 +4,26 @@ worker restarts, and a health port someone else holds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from appliance_proc import APPLIANCED, Appliance, config_text, ctl, run_quiet, socket_in
+from test_appliance_wire import GwlbPeer, gwlb_datagram, peer, udp4
 from test_health import answers, probe
 from testbed import Testbed, wait_until
 
 from supervisor.protocol import encode, recv_message
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+__all__ = ["peer"]  # the fixture, shared with the wire tests
 
 
 def test_a_second_daemon_on_the_same_runtime_dir_is_refused(
@@ -191,3 +195,42 @@ def test_a_config_naming_a_missing_group_is_refused_before_anything_starts(
     assert done.returncode == 2
     assert "control.group: no group 'no-such-grp' on this host" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def small_runtime(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs for the runtime directory, unmounted even when the test fails."""
+    runtime = tmp_path / "run-app1"
+    runtime.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(runtime)], check=True)
+    try:
+        yield runtime
+    finally:
+        subprocess.run(["umount", "-l", str(runtime)], check=False)
+
+
+def test_a_full_runtime_dir_refuses_reloads_and_loses_no_packet(
+    testbed: Testbed, peer: GwlbPeer, tmp_path: Path, small_runtime: Path
+) -> None:
+    appliance = Appliance(testbed, 1, tmp_path, config=config_text(small_runtime))
+    filler = small_runtime / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(bytes(65536))  # until ENOSPC: the runtime dir is full
+    code, reply = ctl(small_runtime, "reload")
+    assert code == 1, reply
+    detail = reply["reload"]["detail"]
+    assert "No space left on device" in detail and "the running config stays" in detail
+    os.kill(appliance.proc.pid, signal.SIGHUP)  # the same through the signal
+    assert wait_until(
+        lambda: ctl(small_runtime, "status")[1]["supervisor"]["reloads_refused"] == 2, 5.0
+    )
+    code, said = ctl(small_runtime, "flows")  # it must write its request: refused, in words
+    assert code == 1 and "flows failed: No space left on device" in said, said
+    assert appliance.proc.poll() is None
+    peer.send(gwlb_datagram(udp4(b"still here", dport=53)))
+    assert len(peer.replies(1)) == 1  # the data path never noticed
+    filler.unlink()
+    assert ctl(small_runtime, "reload")[0] == 0  # and reloads work again once there is room
+    assert appliance.stop() == 0
+    assert "Traceback" not in appliance.stderr()
