@@ -114,8 +114,13 @@ class Client:
         except (OSError, ProtocolError) as error:
             reason = errno.errorcode.get(getattr(error, "errno", 0) or 0, str(error))
             raise Unreachable(f"applianced at {path} did not answer properly ({reason}).") from None
-        if reply is None or reply.get("v") != PROTOCOL_VERSION:
-            version = None if reply is None else reply.get("v")
+        if reply is None:
+            raise Unreachable(
+                f"applianced at {path} closed the connection without answering: it may have "
+                "stopped; see its log (journalctl -u gwlb-appliance)."
+            )
+        if reply.get("v") != PROTOCOL_VERSION:
+            version = reply.get("v")
             raise Unreachable(
                 f"applianced at {path} speaks protocol {version!r}, this "
                 f"appliancectl speaks {PROTOCOL_VERSION}: upgrade one of them."

@@ -13,6 +13,12 @@
  *     --mode probe-load sends nothing either: --probe-clients threads each send health probes back
  *     to back (the next as soon as the last one is answered) to DST:--probe-port for --seconds, and
  *     it reports their rate and latency percentiles: the health service under load.)
+ *       --mode paced:   the flood's sendmmsg batches, but on an absolute schedule of --rate packets
+ *                       per second (a batch every --batch / --rate seconds), for up to an hour
+ *                       (soak.py, chaos.py); the receiver naps as in a flood, and the report adds a
+ *                       timeline: per --bucket-ms of send time, packets sent, replies expected and
+ *                       valid replies (each reply is filed under the send time it carries), so a
+ *                       loss can be placed in time (around a kill, a stop, a reload).
  *   - the receiver owns a UDP socket bound to SRC:6081 (where the appliance's replies go), counts
  *     every reply and validates it against the template it answers (below).
  *   - with --probe-rate R > 0, a prober sends R HTTP health probes per second (`GET /`, a new TCP
@@ -103,6 +109,9 @@
 #define RX_SLOT 9216
 #define MAX_PACKETS 50000000ULL
 #define MAX_SECONDS 60.0
+#define MAX_PACED_PACKETS 400000000ULL /* --mode paced: the sequence bitmap is 50 MB at most */
+#define MAX_PACED_SECONDS 3600.0
+#define PACED_STALL_NS 10000000LL /* paced: after a 10 ms stall, go on from now, no burst */
 #define EPHEMERAL_BASE 40000 /* + template index (< 6400): never 3000 */
 #define PASS_PORT 5000
 #define POLICY_PORT 3000
@@ -111,6 +120,7 @@
 #define DRAIN_MAX_NS 3000000000LL /* ... or 3 s after the sender stopped, whichever is first */
 #define MAX_SAMPLES 3 /* hex dumps of invalid replies in the report */
 #define MAX_PROBES 4096
+#define MAX_PACED_PROBES 65536 /* --mode paced runs up to an hour: 100/s for 10 minutes */
 #define PROBE_TIMEOUT_MS 1000
 #define MAX_LOAD_CLIENTS 256
 #define MAX_LOAD_PROBES 200000 /* probe-load: every probe's latency is kept, up to this many */
@@ -167,8 +177,9 @@ static struct {
     uint64_t max_packets;
     uint16_t base_port, probe_port;
     int rcvbuf, rx_nap_us;
+    int paced, bucket_ms; /* --mode paced (a flood on a schedule), its timeline's bucket */
 } opt = {1, 0, 0, 0, 0, "10.77.200.1", "10.77.200.2", 64, CASE_PASS, 16, 64, 50, 3.0, 10000.0,
-         0.0, 0, 50000, 80, 64 << 20, 100};
+         0.0, 0, 50000, 80, 64 << 20, 100, 0, 100};
 
 static struct slot mix[MAX_SLOTS];
 static int n_slots, copies;
@@ -201,7 +212,12 @@ static int n_samples;
 /* Prober results. */
 static uint64_t probes, probes_ok, probes_other, probes_failed;
 static int probe_last_status;
-static int64_t probe_lat[MAX_PROBES];
+static int64_t probe_lat[MAX_PACED_PROBES];
+
+/* Paced-mode timeline, per bucket of send time (sender: sent, expected; receiver: valid). */
+static uint64_t *tl_sent, *tl_expected, *tl_valid;
+static uint64_t tl_buckets, paced_stalls; /* stalls: batches sent over 10 ms late */
+static int64_t tl_bucket_ns;
 
 /* Probe-load results (shared by the client threads). */
 static atomic_ullong load_next, load_ok, load_other, load_failed;
@@ -550,12 +566,64 @@ static void note_sent(int n, int64_t t)
     sent += (uint64_t)n;
 }
 
+static uint64_t tl_index(int64_t t)
+{
+    int64_t i = (t - t_start_ns) / tl_bucket_ns;
+    return i < 0 ? 0 : (uint64_t)i >= tl_buckets ? tl_buckets - 1 : (uint64_t)i;
+}
+
+/* --mode paced: the flood's batches (round robin over the flows), batch r at t0 + r * batch / rate;
+ * a sender more than 10 ms late goes on from now (its lateness is lost time, not a burst). */
+static void paced_sender(int64_t deadline)
+{
+    double interval = (double)opt.batch * 1e9 / opt.rate;
+    int64_t t0 = now_ns(), t = t0;
+    uint64_t round = 0;
+    int f = 0;
+    while (seq_used + (uint64_t)opt.batch <= opt.max_packets && t < deadline) {
+        int64_t next = t0 + (int64_t)((double)round * interval);
+        sleep_until(next);
+        t = now_ns();
+        if (t - next > PACED_STALL_NS) {
+            t0 = t; /* this batch is round 0 of a new schedule */
+            round = 0;
+            paced_stalls++;
+        }
+        round++;
+        struct flow *fl = &flows[f];
+        for (int i = 0; i < opt.batch; i++) {
+            uint8_t *p = next_packet(fl, f, &fl->batch_tpl[i]);
+            stamp(p, &tpls[fl->batch_tpl[i]], seq_used++, t);
+            fl->iov[i] = (struct iovec){p, tpls[fl->batch_tpl[i]].len};
+        }
+        int n = sendmmsg(fl->fd, fl->msgs, (unsigned)opt.batch, MSG_DONTWAIT);
+        send_calls++;
+        if (n < 0) {
+            count_send_error(errno);
+        } else {
+            if (n < opt.batch)
+                partial_sends++; /* the rest of the batch is not retried: counted as unsent */
+            uint64_t b = tl_index(t);
+            for (int i = 0; i < n; i++) {
+                tpl_sent[fl->batch_tpl[i]]++;
+                tl_expected[b] += tpls[fl->batch_tpl[i]].expect != NULL;
+            }
+            tl_sent[b] += (uint64_t)n;
+            note_sent(n, t);
+        }
+        f = (f + 1) % opt.flows;
+        t = now_ns();
+    }
+}
+
 static void *sender(void *arg)
 {
     (void)arg;
     int64_t deadline = t_start_ns + (int64_t)(opt.seconds * 1e9);
     int64_t t = now_ns();
-    if (opt.flood) {
+    if (opt.paced) {
+        paced_sender(deadline);
+    } else if (opt.flood) {
         int f = 0;
         /* Bounded: every round consumes `batch` sequence numbers, sent or not. */
         while (seq_used + (uint64_t)opt.batch <= opt.max_packets && t < deadline) {
@@ -693,6 +761,8 @@ static enum err_kind check_reply(const uint8_t *d, size_t n, const struct sockad
         late_stamps++; /* cannot happen with a correct stamp; counted, not fatal */
     else if (!opt.flood && n_rtts < opt.max_packets)
         rtts[n_rtts++] = t_rx - t_tx;
+    if (opt.paced)
+        tl_valid[tl_index(t_tx)]++;
     return E_COUNT;
 }
 
@@ -812,7 +882,8 @@ static void *prober(void *arg)
     (void)arg;
     int64_t interval = (int64_t)(1e9 / opt.probe_rate), next = now_ns();
     int64_t deadline = t_start_ns + (int64_t)(opt.seconds * 1e9);
-    while (probes < MAX_PROBES && !atomic_load(&send_done) && next < deadline) {
+    uint64_t cap = opt.paced ? MAX_PACED_PROBES : MAX_PROBES;
+    while (probes < cap && !atomic_load(&send_done) && next < deadline) {
         sleep_until(next);
         int64_t t0 = now_ns();
         int status = probe_once();
@@ -872,11 +943,12 @@ static int64_t pct(double p) { return pct_of(rtts, n_rtts, p); }
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: gen [--mode flood|latency|jitter|probe|probe-load] [--src IP] [--dst IP] "
+            "usage: gen [--mode flood|latency|paced|jitter|probe|probe-load] [--src IP] [--dst IP] "
             "[--payload N] [--case pass|rewrite|mix]\n"
             "           [--flows N] [--batch N] [--seconds S] [--rate PPS] [--max-packets N] "
             "[--base-port P] [--rcvbuf BYTES]\n"
             "           [--probe-rate PER_S] [--probe-port P] [--probe-clients N] [--rx-nap-us N]\n"
+            "           [--bucket-ms MS (paced)]\n"
             "           [--describe]\n"
             "       gen --mode probe-load --dst IP --probe-port P --probe-clients N --seconds S\n");
     exit(2);
@@ -890,7 +962,7 @@ static void parse_args(int argc, char **argv)
         {"rate", 1, 0, 'r'}, {"max-packets", 1, 0, 'n'}, {"base-port", 1, 0, 'P'},
         {"rcvbuf", 1, 0, 'R'}, {"probe-rate", 1, 0, 'H'}, {"probe-port", 1, 0, 'O'},
         {"describe", 0, 0, 'D'}, {"probe-clients", 1, 0, 'C'}, {"rx-nap-us", 1, 0, 'N'},
-        {0, 0, 0, 0}};
+        {"bucket-ms", 1, 0, 'B'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
@@ -899,6 +971,9 @@ static void parse_args(int argc, char **argv)
             opt.jitter = !strcmp(optarg, "jitter");
             opt.probe_only = !strcmp(optarg, "probe");
             opt.probe_load = !strcmp(optarg, "probe-load");
+            opt.paced = !strcmp(optarg, "paced");
+            if (opt.paced)
+                opt.flood = 1; /* a flood on a schedule: batches, the napping receiver */
             if (!opt.flood && !opt.jitter && !opt.probe_only && !opt.probe_load
                 && strcmp(optarg, "latency"))
                 usage();
@@ -928,24 +1003,28 @@ static void parse_args(int argc, char **argv)
         case 'D': opt.describe = 1; break;
         case 'C': opt.probe_clients = atoi(optarg); break;
         case 'N': opt.rx_nap_us = atoi(optarg); break;
+        case 'B': opt.bucket_ms = atoi(optarg); break;
         default: usage();
         }
     }
     if (optind != argc || opt.payload < MIN_PAYLOAD || opt.payload > MAX_PAYLOAD || opt.flows < 1
         || opt.flows > MAX_FLOWS || opt.batch < 1 || opt.batch > MAX_BATCH || !(opt.seconds > 0)
-        || opt.seconds > MAX_SECONDS || !(opt.rate >= 1) || opt.rate > 1e6 || opt.rcvbuf < 0
+        || opt.seconds > (opt.paced ? MAX_PACED_SECONDS : MAX_SECONDS) || !(opt.rate >= 1)
+        || opt.rate > 1e6 || opt.rcvbuf < 0
         || opt.base_port < 1024 || opt.base_port > 65535 - MAX_FLOWS || opt.probe_rate < 0
         || opt.probe_rate > 1000 || (opt.probe_only && !(opt.probe_rate > 0)) || !opt.probe_port
         || opt.probe_clients < 1 || opt.probe_clients > MAX_LOAD_CLIENTS || opt.rx_nap_us < 0
-        || opt.rx_nap_us > 10000)
+        || opt.rx_nap_us > 10000 || opt.bucket_ms < 1 || opt.bucket_ms > 10000)
         usage();
     if (!inet_aton(opt.src, &src_addr) || !inet_aton(opt.dst, &dst_addr))
         usage();
     uint64_t natural = opt.flood ? (uint64_t)(opt.seconds * 5e6) : (uint64_t)(opt.seconds * opt.rate) + 1;
+    if (opt.paced)
+        natural = (uint64_t)(opt.seconds * opt.rate) + (uint64_t)opt.batch;
     if (!opt.max_packets || opt.max_packets > natural)
         opt.max_packets = natural;
-    if (opt.max_packets > MAX_PACKETS)
-        opt.max_packets = MAX_PACKETS;
+    if (opt.max_packets > (opt.paced ? MAX_PACED_PACKETS : MAX_PACKETS))
+        opt.max_packets = opt.paced ? MAX_PACED_PACKETS : MAX_PACKETS;
 }
 
 /* --mode jitter: how late absolute-deadline sleeps at --rate wake up, on an otherwise idle CPU. */
@@ -1043,6 +1122,30 @@ static int run_probe_load(void)
     return 0;
 }
 
+static void print_series(const char *name, const uint64_t *v, uint64_t n, int last)
+{
+    printf("\"%s\": [", name);
+    for (uint64_t i = 0; i < n; i++)
+        printf("%s%llu", i ? ", " : "", (unsigned long long)v[i]);
+    printf("]%s", last ? "" : ", ");
+}
+
+/* --mode paced: the timeline, up to the last bucket anything was sent or answered in. */
+static void print_timeline(void)
+{
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < tl_buckets; i++)
+        if (tl_sent[i] || tl_valid[i])
+            n = i + 1;
+    printf(",\n \"timeline\": {\"start_ns\": %lld, \"bucket_ns\": %lld, \"rate\": %.1f, "
+           "\"stalls\": %llu, ", (long long)t_start_ns, (long long)tl_bucket_ns, opt.rate,
+           (unsigned long long)paced_stalls);
+    print_series("sent", tl_sent, n, 0);
+    print_series("expected", tl_expected, n, 0);
+    print_series("valid", tl_valid, n, 1);
+    printf("}");
+}
+
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
@@ -1066,6 +1169,16 @@ int main(int argc, char **argv)
     wakes = opt.flood ? NULL : calloc(opt.max_packets, sizeof *wakes);
     if (!seen || (!opt.flood && (!rtts || !wakes)))
         die("calloc");
+    if (opt.paced) { /* the send window, the drain after it, and a bucket to spare */
+        tl_bucket_ns = (int64_t)opt.bucket_ms * 1000000LL;
+        tl_buckets = (uint64_t)((opt.seconds * 1e9 + (double)DRAIN_MAX_NS) / (double)tl_bucket_ns)
+                     + 2;
+        tl_sent = calloc(tl_buckets, sizeof *tl_sent);
+        tl_expected = calloc(tl_buckets, sizeof *tl_expected);
+        tl_valid = calloc(tl_buckets, sizeof *tl_valid);
+        if (!tl_sent || !tl_expected || !tl_valid)
+            die("calloc");
+    }
 
     /* The receiver's socket first, so no reply ever meets a closed port. */
     int rfd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -1146,7 +1259,7 @@ int main(int argc, char **argv)
 
     printf("{\"mode\": \"%s\", \"case\": \"%s\", \"payload\": %d, \"flows\": %d, \"batch\": %d, "
            "\"slots\": %d, \"templates\": %u, \"max_packets\": %llu, \"rcvbuf\": %d,\n",
-           opt.flood ? "flood" : "latency",
+           opt.paced ? "paced" : opt.flood ? "flood" : "latency",
            opt.which == CASE_MIX ? "mix" : opt.which == CASE_REWRITE ? "rewrite" : "pass",
            opt.payload, opt.flows, opt.batch, n_slots, n_tpl, (unsigned long long)opt.max_packets,
            rcvbuf);
@@ -1191,10 +1304,13 @@ int main(int argc, char **argv)
         printf("null");
     printf(",\n \"rtt_samples\": %llu, \"rtt_p50_ns\": %lld, \"rtt_p90_ns\": %lld, "
            "\"rtt_p99_ns\": %lld, \"rtt_p999_ns\": %lld, \"rtt_max_ns\": %lld,\n"
-           " \"wake_late_p50_ns\": %lld, \"wake_late_p99_ns\": %lld, \"wake_late_max_ns\": %lld}\n",
+           " \"wake_late_p50_ns\": %lld, \"wake_late_p99_ns\": %lld, \"wake_late_max_ns\": %lld",
            (unsigned long long)n_rtts, (long long)pct(0.50), (long long)pct(0.90),
            (long long)pct(0.99), (long long)pct(0.999), (long long)(n_rtts ? rtts[n_rtts - 1] : -1),
            (long long)pct_of(wakes, n_wakes, 0.50), (long long)pct_of(wakes, n_wakes, 0.99),
            (long long)(n_wakes ? wakes[n_wakes - 1] : -1));
+    if (opt.paced)
+        print_timeline();
+    printf("}\n");
     return 0;
 }

@@ -35,9 +35,10 @@ from harness.env import (
 
 
 class Target:
-    """A reflector running in the appliance namespace, pinned to one CPU."""
+    """A reflector running in the appliance namespace, pinned to one CPU (or to a `taskset -c`
+    list such as "0,1")."""
 
-    def __init__(self, name: str, argv: list[str], cpu: int, logs: Path) -> None:
+    def __init__(self, name: str, argv: list[str], cpu: int | str, logs: Path) -> None:
         self.name = name
         self.roles: dict[int, str] = {}
         self.descendants: dict[int, int] = {}  # PID -> start time, every one seen
