@@ -21,7 +21,8 @@ class HealthPolicy:
 @dataclass(frozen=True)
 class Verdict:
     healthy: bool
-    reason: str  # ok, no_appliance, supervisor_stale, starting, draining, workers_down
+    # ok, no_appliance, supervisor_gone, supervisor_stale, starting, draining, workers_down
+    reason: str
     detail: str
     live: int = 0
     needed: int = 0
@@ -36,6 +37,9 @@ def needed_workers(policy: HealthPolicy, slots: int) -> int:
 def assess(snapshot: Snapshot, policy: HealthPolicy) -> Verdict:
     if not snapshot.present:
         return Verdict(False, "no_appliance", "no stats table: applianced is not running")
+    if not snapshot.supervisor_alive:
+        pid = snapshot.supervisor_pid
+        return Verdict(False, "supervisor_gone", f"supervisor pid {pid} has exited")
     age = snapshot.supervisor_heartbeat_age_s
     if age is None or age > policy.staleness_s:
         shown = "never" if age is None else f"{age:.1f} s ago"

@@ -38,6 +38,7 @@ class WorkerView:
 class Snapshot:
     present: bool  # False: no stats table (the appliance is not running)
     supervisor_pid: int = 0
+    supervisor_alive: bool = True  # its pid is an applianced that has not exited
     supervisor_heartbeat_age_s: float | None = None
     ready: bool = False
     draining: bool = False
@@ -108,6 +109,7 @@ class TableReader:
         return Snapshot(
             present=True,
             supervisor_pid=int(header[H.SUPERVISOR_PID]),
+            supervisor_alive=applianced_alive(int(header[H.SUPERVISOR_PID])),
             supervisor_heartbeat_age_s=(now - beat) / 1e9 if beat else None,
             ready=bool(header[H.READY]),
             draining=bool(header[H.DRAINING]),
@@ -116,6 +118,21 @@ class TableReader:
             uptime_s=(now - int(header[H.STARTED_NS])) / 1e9,
             workers=tuple(workers),
         )
+
+
+def applianced_alive(pid: int) -> bool:
+    """Whether `pid` is still a running applianced: not gone, not a zombie, not reused by
+    another program. Why ask the kernel: a heartbeat only goes stale after staleness_s, and for
+    that long a dead supervisor's workers (which die with it) would look alive."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]  # after "(comm) "
+    return state not in (b"Z", b"X") and b"applianced" in cmdline
 
 
 def _state_name(value: int) -> str:

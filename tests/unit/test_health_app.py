@@ -74,6 +74,7 @@ def test_healthy_appliance_answers_200_with_its_workers() -> None:
     [
         (Snapshot(present=False), None, "no_appliance"),
         (replace(HEALTHY, supervisor_heartbeat_age_s=None), None, "supervisor_stale"),
+        (replace(HEALTHY, supervisor_alive=False), None, "supervisor_gone"),
         (replace(HEALTHY, supervisor_heartbeat_age_s=3.5), None, "supervisor_stale"),
         (replace(HEALTHY, ready=False), None, "starting"),
         (replace(HEALTHY, draining=True), None, "draining"),
@@ -97,6 +98,7 @@ def test_healthy_appliance_answers_200_with_its_workers() -> None:
     ids=[
         "no-table",
         "supervisor-never",
+        "supervisor-gone",
         "supervisor-stale",
         "starting",
         "draining",
