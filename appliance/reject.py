@@ -261,6 +261,13 @@ class RejectBudget:
         self._credit = self._capacity
         self._last_ns = now_ns
 
+    def spent(self, now_ns: int) -> bool:
+        """Whether a reject at `now_ns` would surely be refused (no token), without spending or
+        counting: a flood of rejected packets then costs no parse once the bucket is empty."""
+        since = now_ns - self._last_ns
+        credit = self._credit + since * self.per_second if since > 0 else self._credit
+        return min(self._capacity, credit) < _NS_PER_S
+
     def allow(self, now_ns: int) -> bool:
         """Spend a token for one reject at `now_ns` (a monotonic clock), if there is one."""
         elapsed = now_ns - self._last_ns

@@ -368,8 +368,12 @@ class Worker:
         c = self.counters
         c[_REJECTED] += 1
         self._count_rule(rule)
-        budget = self._budget
-        answer = reject_in_place(buffer, start, end, lambda: budget.allow(time.monotonic_ns()))
+        budget, now = self._budget, time.monotonic_ns()
+        if budget.spent(now):  # over the ceiling: not even worth parsing (a reject flood)
+            budget.refused += 1
+            c[_REJECTS_SUPPRESSED] += 1
+            return None
+        answer = reject_in_place(buffer, start, end, lambda: budget.allow(now))
         c[_REJECTS_SENT if answer is not None else _REJECTS_SUPPRESSED] += 1
         return answer
 

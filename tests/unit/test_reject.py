@@ -757,3 +757,12 @@ def test_the_unmutated_source_passes_the_corpus(datagrams: dict[str, bytes]) -> 
 def test_every_mutant_fails(datagrams: dict[str, bytes], name: str) -> None:
     module = mutant(*MUTANTS[name])
     assert next(corpus_problems(module, datagrams), None) is not None, f"mutant {name} survived"
+
+
+def test_spent_says_what_allow_would_without_spending() -> None:
+    budget = product.RejectBudget(10, 1, now_ns=0)
+    assert not budget.spent(0)
+    assert budget.allowed == budget.refused == 0  # a peek spends and counts nothing
+    assert budget.allow(0)
+    assert budget.spent(0) and not budget.allow(0)
+    assert budget.spent(99_999_999) and not budget.spent(100_000_000)  # one token in 0.1 s
