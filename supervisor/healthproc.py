@@ -159,7 +159,9 @@ class HealthService:
                 error,
             )
         try:  # only for evicting a left-behind instance: a full runtime dir must not stop us
-            self.pidfile.write_text(f"{self.pid}\n")
+            temporary = self.pidfile.with_suffix(".new")
+            temporary.write_text(f"{self.pid}\n")
+            temporary.replace(self.pidfile)  # whole: a reader never sees it empty
         except OSError as error:
             log.warning("health service: cannot write %s: %s", self.pidfile, error.strerror)
         self.state = State.RUNNING

@@ -19,6 +19,7 @@ and a reader for the JSON events it prints.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -56,6 +57,26 @@ class TestbedError(RuntimeError):
 
 
 T = TypeVar("T")
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """This thread inside network namespace `ns` for the block: sockets made there stay there."""
+    original = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        yield
+    finally:
+        if _libc.setns(original, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back to the original namespace")
+        os.close(target)
+        os.close(original)
 
 
 def wait_until(pred: Callable[[], T], timeout_s: float, interval_s: float = 0.01) -> T:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-from testbed import Testbed, wait_until
+from testbed import Testbed, in_netns, wait_until
 
 from appliance.counters import snapshot, total
 from appliance.stats import H, S, StatsTable
@@ -24,8 +22,6 @@ from supervisor.healthproc import is_health_service
 
 APPLIANCED = str(Path(sys.executable).with_name("applianced"))
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def config_text(runtime_dir: Path, policy: str | None = None, **edits: str) -> str:
@@ -112,22 +108,6 @@ class Appliance:
                 return False
 
         return bool(wait_until(reached, timeout_s, 0.05))
-
-
-@contextlib.contextmanager
-def in_netns(ns: str) -> Iterator[None]:
-    """Run the block with this thread in network namespace `ns` (sockets made there stay there)."""
-    original = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-        yield
-    finally:
-        if _libc.setns(original, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns back to the original namespace")
-        os.close(target)
-        os.close(original)
 
 
 def socket_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:

@@ -16,14 +16,11 @@ started and deletes its namespaces.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
 import re
 import socket
 import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -31,30 +28,12 @@ from gwfuzz.stats import StatsTable
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
-from testbed import Testbed, wait_until  # type: ignore[import-not-found]  # noqa: E402  (deploy/local is not a package)
+from testbed import Testbed, in_netns, wait_until  # type: ignore[import-not-found]  # noqa: E402  (deploy/local is not a package)
 
-CLONE_NEWNET = 0x40000000
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 CAPTURE_BUFFER_BYTES = 64 << 20
 EXTRA_GWLB_IP, EXTRA_APPLIANCE_IP = "10.77.101.11", "10.77.101.12"
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def in_netns(ns: str) -> Iterator[None]:
-    """This thread inside network namespace `ns` for the block (sockets made there stay)."""
-    original = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-        yield
-    finally:
-        if _libc.setns(original, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns back")
-        os.close(target)
-        os.close(original)
 
 
 def config_text(template: str, runtime: Path) -> str:
