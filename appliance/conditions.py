@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -265,7 +266,9 @@ class PayloadContains(Condition):
 
 
 class _Networks:
-    """IPv4 and IPv6 networks as sorted (first, last) integer ranges, one list per version."""
+    """IPv4 and IPv6 networks as sorted, disjoint (first, last) integer ranges, one list per
+    version: overlapping and adjacent networks are merged once, at load, so a packet's address
+    is found with one binary search however long the list (a blocklist of thousands)."""
 
     def __init__(self, value: Any) -> None:
         items = value if isinstance(value, list) else [value]
@@ -278,8 +281,10 @@ class _Networks:
             except (ValueError, TypeError):
                 raise ValueError(f"not an IPv4 or IPv6 network in CIDR form: {item!r}") from None
             spans[net.version].append((int(net.network_address), int(net.broadcast_address)))
-        self.v4 = tuple(sorted(spans[4]))
-        self.v6 = tuple(sorted(spans[6]))
+        self.v4 = _merged(spans[4])
+        self.v6 = _merged(spans[6])
+        self._firsts = {4: tuple(f for f, _ in self.v4), 6: tuple(f for f, _ in self.v6)}
+        self._spans = {4: self.v4, 6: self.v6}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Networks) and (self.v4, self.v6) == (other.v4, other.v6)
@@ -291,10 +296,18 @@ class _Networks:
         return f"_Networks(v4={self.v4}, v6={self.v6})"
 
     def holds(self, version: int, address: int) -> bool:
-        for first, last in self.v4 if version == 4 else self.v6:
-            if first <= address <= last:
-                return True
-        return False
+        at = bisect_right(self._firsts[version], address) - 1  # the last range starting <= it
+        return at >= 0 and address <= self._spans[version][at][1]
+
+
+def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return tuple(merged)
 
 
 def _source(buf: Buffer, pkt: InnerPacket) -> int:

@@ -95,11 +95,10 @@ def reject_in_place(buf: bytearray, start: int, end: int, allow: Callable[[], bo
     header, then a TCP RST or an ICMP unreachable: appliance/reject.py) and return where that
     ends; None when nothing may answer it, or `allow` (the worker's ceiling, asked only for a
     packet that would get an answer) says no."""
-    try:
-        inner, protocol = check_geneve(buf, start, end)
-        pkt = parse_inner(buf, inner, end, protocol)
-    except DecodeError:
+    parsed = parse_datagram(buf, start, end)
+    if isinstance(parsed, int):
         return None
+    pkt = parsed[0]
     if reject_kind(buf, pkt) is RejectKind.NOTHING or not allow():
         return None
     return build_reject(buf, start, pkt, buf, start, start + ROOM)

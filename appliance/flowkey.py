@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from appliance.checksum import Buffer
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Fragment, InnerPacket
@@ -69,30 +71,35 @@ _ENDS_PORTED = (12, 36)
 _ENDS_ECHO = (10, 34)
 
 
-def key_v4(buf: Buffer, start: int) -> FlowKey:
-    """The key of the IPv4 datagram at `start` in GWLB's usual layout (module doc)."""
-    proto = buf[start + _PROTO_V4]
-    if proto in PORTED:
-        endpoint, p, ends = PORTS_V4(buf, start)
-        return endpoint + p + ends  # type: ignore[no-any-return]
-    if proto == PROTO_ICMP and buf[start + _TRANSPORT_V4] in _ECHO_V4_TYPES:
-        endpoint, p, addresses, ident = ECHO_V4(buf, start)
-        return endpoint + p + addresses + ident  # type: ignore[no-any-return]
-    endpoint, p, addresses = ADDRESSES_V4(buf, start)
-    return endpoint + p + addresses  # type: ignore[no-any-return]
+def _key_reader(
+    proto_at: int,
+    transport_at: int,
+    icmp: int,
+    echo_types: tuple[int, int],
+    readers: tuple[Any, Any, Any],
+) -> Callable[[Buffer, int], FlowKey]:
+    """The key reader of one IP version: the same three cases (ports, echo identifier,
+    addresses alone), its own offsets and structs."""
+    ports, echo, addresses = readers
+
+    def read(buf: Buffer, start: int) -> FlowKey:
+        proto = buf[start + proto_at]
+        if proto in PORTED:
+            return b"".join(ports(buf, start))
+        if proto == icmp and buf[start + transport_at] in echo_types:
+            return b"".join(echo(buf, start))
+        return b"".join(addresses(buf, start))
+
+    return read
 
 
-def key_v6(buf: Buffer, start: int) -> FlowKey:
-    """The key of the IPv6 datagram at `start` in GWLB's usual layout (module doc)."""
-    proto = buf[start + _PROTO_V6]
-    if proto in PORTED:
-        endpoint, p, ends = PORTS_V6(buf, start)
-        return endpoint + p + ends  # type: ignore[no-any-return]
-    if proto == PROTO_ICMPV6 and buf[start + _TRANSPORT_V6] in _ECHO_V6_TYPES:
-        endpoint, p, addresses, ident = ECHO_V6(buf, start)
-        return endpoint + p + addresses + ident  # type: ignore[no-any-return]
-    endpoint, p, addresses = ADDRESSES_V6(buf, start)
-    return endpoint + p + addresses  # type: ignore[no-any-return]
+# The key of an IPv4 / IPv6 datagram at `start` in GWLB's usual layout (module doc).
+key_v4 = _key_reader(
+    _PROTO_V4, _TRANSPORT_V4, PROTO_ICMP, _ECHO_V4_TYPES, (PORTS_V4, ECHO_V4, ADDRESSES_V4)
+)
+key_v6 = _key_reader(
+    _PROTO_V6, _TRANSPORT_V6, PROTO_ICMPV6, _ECHO_V6_TYPES, (PORTS_V6, ECHO_V6, ADDRESSES_V6)
+)
 
 
 def flow_key(buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> FlowKey | None:

@@ -182,7 +182,6 @@ class Policy:
         self._by_protocol = _by_protocol(compiled, self.rules, [True] * len(compiled))
         self._flow_rules = _by_protocol(compiled, self.rules, decides_flows)
         self._packet_rules = _by_protocol(compiled, self.rules, [not d for d in decides_flows])
-        self.has_packet_rules = not all(decides_flows)
         # Flows are tracked only when something decides them: a flow rule, a default that
         # denies, or an operator who asked (policy.track_flows, for `appliancectl flows`).
         # Without, every packet is judged alone and a passing packet costs what it always did.

@@ -5,8 +5,11 @@ where each datagram starts and the kernel's results as flat tuples, and queues a
 its length into `replies`; the backend writes the outer headers and sends when it flushes.
 Per packet the loop is flat: local-variable lookups, the fast path's one or two struct reads
 (fastpath.FastPath.classify), and only for a packet some rule may touch the policy
-(datapath.decide_parsed) or the full parse (datapath.decide_in_place). A datagram that is
-malformed is counted and skipped; it never stops its neighbours in the batch. The receive waits at
+(datapath.decide_parsed) or the full parse (datapath.decide_in_place). When the policy decides
+flows (policy.py), each packet is looked up in the worker's flow table (flows.py) by a key read
+from its bytes; a packet of a flow already passed needs nothing more, and everything else goes to
+`_judge`. A datagram that is malformed is counted and skipped; it never stops its neighbours in
+the batch. The receive waits at
 most the socket's timeout (1 s) so that the heartbeat is stamped even when no traffic comes.
 """
 
@@ -370,7 +373,6 @@ class Worker:
         self._count_rule(rule)
         budget, now = self._budget, time.monotonic_ns()
         if budget.spent(now):  # over the ceiling: not even worth parsing (a reject flood)
-            budget.refused += 1
             c[_REJECTS_SUPPRESSED] += 1
             return None
         answer = reject_in_place(buffer, start, end, lambda: budget.allow(now))

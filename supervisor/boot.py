@@ -22,6 +22,7 @@ from appliance.stats import H, StatsTable, now_ns
 from appliance.steering import attach_steering
 from config.schema import ApplianceConfig
 from supervisor.control import ControlServer
+from supervisor.files import write_whole
 from supervisor.logring import LogRing
 from supervisor.netsetup import configure_interfaces
 from supervisor.runlock import RuntimeLock
@@ -117,9 +118,6 @@ def _build(
 
 def write_snapshot(config: ApplianceConfig, text: str, generation: int) -> None:
     """The config text the workers apply, and its rule names for readers, both by rename."""
-    snapshot = config.runtime_dir / SNAPSHOT_NAME
-    temporary = snapshot.with_suffix(".new")
-    temporary.write_text(text)
-    temporary.replace(snapshot)
+    write_whole(config.runtime_dir / SNAPSHOT_NAME, text)
     names = tuple(rule.name for rule in config.policy.rules)
     write_rule_names(config.runtime_dir, generation, names)

@@ -83,14 +83,17 @@ class Commands:
 
     # --- verbs ------------------------------------------------------------------------------
 
-    def _each_slot(self, args: list[str], verb: Callable[[int], None]) -> dict[str, Any]:
+    def _slots(self, words: list[str]) -> list[int]:
+        """The slots `SLOT|all` names; ValueError with a sentence otherwise."""
         slots = len(self.arbiter.slots)
-        if args == ["all"]:
-            targets = list(range(slots))
-        elif len(args) == 1 and args[0].isdigit() and int(args[0]) < slots:
-            targets = [int(args[0])]
-        else:
-            raise ValueError(f"name a slot from 0 to {slots - 1}, or all")
+        if words == ["all"]:
+            return list(range(slots))
+        if len(words) == 1 and words[0].isdigit() and int(words[0]) < slots:
+            return [int(words[0])]
+        raise ValueError(f"name a slot from 0 to {slots - 1}, or all")
+
+    def _each_slot(self, args: list[str], verb: Callable[[int], None]) -> dict[str, Any]:
+        targets = self._slots(args)
         for k in targets:
             verb(k)
         return {"slots": targets}
@@ -111,14 +114,7 @@ class Commands:
 
     def flows(self, args: list[str]) -> Deferred:
         """Ask the running workers for their flows; the answer comes when they have given it."""
-        target, filters = (args[0] if args else "all"), flowdump.parse_filters(args[1:])
-        slots = len(self.arbiter.slots)
-        if target == "all":
-            chosen = list(range(slots))
-        elif target.isdigit() and int(target) < slots:
-            chosen = [int(target)]
-        else:
-            raise ValueError(f"name a slot from 0 to {slots - 1}, or all")
+        chosen, filters = self._slots(args[:1] or ["all"]), flowdump.parse_filters(args[1:])
         running = [k for k in chosen if self.arbiter.slots[k].state is State.RUNNING]
         number = flowdump.ask(self.table, self.runtime_dir, filters)
         deadline = now_ns() + int(flowdump.WAIT_S * 1e9)

@@ -21,6 +21,7 @@ from appliance.flowlist import list_flows
 from appliance.flowverdict import NAMES
 from appliance.stats import H, S, StatsTable
 from appliance.worker import Worker
+from supervisor.files import write_whole
 
 REQUEST = "flows-request.json"
 LIMIT = 1000  # flows per worker in one answer; the rest are counted, not listed
@@ -83,10 +84,7 @@ def serve(worker: Worker, runtime_dir: Path, slot: int, rule_names: tuple[str, .
         if len(listed) < limit:
             listed.append(_record(slot, record, verdict, rule_names))
     answer = {"slot": slot, "flows": listed, "matched": matched, "active": worker.flows.active}
-    path = answer_path(runtime_dir, slot)
-    temporary = path.with_suffix(".new")
-    temporary.write_bytes(orjson.dumps(answer))
-    temporary.replace(path)
+    write_whole(answer_path(runtime_dir, slot), orjson.dumps(answer))
 
 
 def _record(slot: int, r: Any, verdict: str, names: tuple[str, ...]) -> dict[str, Any]:
@@ -115,10 +113,7 @@ def _record(slot: int, r: Any, verdict: str, names: tuple[str, ...]) -> dict[str
 
 def ask(table: StatsTable, runtime_dir: Path, filters: dict[str, Any]) -> int:
     """Post a request; its number, for `gather`."""
-    path = runtime_dir / REQUEST
-    temporary = path.with_suffix(".new")
-    temporary.write_bytes(orjson.dumps({"filters": filters, "limit": LIMIT}))
-    temporary.replace(path)
+    write_whole(runtime_dir / REQUEST, orjson.dumps({"filters": filters, "limit": LIMIT}))
     number = int(table.header[H.FLOWS_REQUEST]) + 1
     table.header[H.FLOWS_REQUEST] = number  # after the file: a worker that sees it reads it
     return number

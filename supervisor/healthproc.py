@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from config.schema import ApplianceConfig
+from supervisor.files import write_whole
 from supervisor.schedattr import set_priority
 from supervisor.states import State
 
@@ -159,9 +160,7 @@ class HealthService:
                 error,
             )
         try:  # only for evicting a left-behind instance: a full runtime dir must not stop us
-            temporary = self.pidfile.with_suffix(".new")
-            temporary.write_text(f"{self.pid}\n")
-            temporary.replace(self.pidfile)  # whole: a reader never sees it empty
+            write_whole(self.pidfile, f"{self.pid}\n")
         except OSError as error:
             log.warning("health service: cannot write %s: %s", self.pidfile, error.strerror)
         self.state = State.RUNNING

@@ -17,6 +17,7 @@ import orjson
 
 from appliance import counters as cnt
 from appliance.stats import H, S, StatsTable, now_ns
+from supervisor.files import write_whole
 from supervisor.states import State
 
 RULE_NAMES = "rule_names.json"  # {"generation": N, "names": [...]}, written by the supervisor
@@ -144,7 +145,6 @@ def _state_name(value: int) -> str:
 
 def write_rule_names(runtime_dir: Path, generation: int, names: tuple[str, ...]) -> None:
     """Publish the rule names of a config generation for readers (atomically, by rename)."""
-    path = runtime_dir / RULE_NAMES
-    temporary = path.with_suffix(".new")
-    temporary.write_bytes(orjson.dumps({"generation": generation, "names": list(names)}))
-    temporary.replace(path)
+    write_whole(
+        runtime_dir / RULE_NAMES, orjson.dumps({"generation": generation, "names": list(names)})
+    )

@@ -3,12 +3,16 @@ default verdict, and their refusals at load; datagrams built by scapy, judged by
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from appliance.conditions import REGISTRY, Condition
+from appliance.conditions import REGISTRY, Condition, _Networks
 from appliance.datapath import Outcome, handle_datagram
 from appliance.inner import InnerPacket
 from appliance.policy import DEFAULT_RULE, Action, Policy, Rule
@@ -182,3 +186,24 @@ def test_a_new_condition_is_one_class_and_one_registry_line(gwlb) -> None:
         assert judge(gwlb, p, IP(src="10.0.0.1", dst="10.0.0.2", ttl=9) / UDP())[0] is Outcome.PASS
     finally:
         del REGISTRY["ttl_below"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nets=st.lists(
+        st.tuples(st.integers(0, (1 << 32) - 1), st.integers(8, 32)), min_size=1, max_size=12
+    ),
+    probes=st.lists(st.integers(0, (1 << 32) - 1), max_size=20),
+)
+def test_an_address_list_holds_exactly_its_networks(
+    nets: list[tuple[int, int]], probes: list[int]
+) -> None:
+    # Overlapping, nested and adjacent networks, merged at load and searched by bisection.
+    networks = [ipaddress.ip_network((address, prefix), strict=False) for address, prefix in nets]
+    held = _Networks([str(n) for n in networks])
+    edges = [int(n.network_address) for n in networks] + [
+        int(n.broadcast_address) for n in networks
+    ]
+    for address in probes + edges + [e + 1 for e in edges if e < (1 << 32) - 1]:
+        expected = any(ipaddress.IPv4Address(address) in n for n in networks)
+        assert held.holds(4, address) is expected, (networks, address)
