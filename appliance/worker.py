@@ -34,12 +34,23 @@ from appliance.datapath import (
     reject_in_place,
 )
 from appliance.errors import Reason
-from appliance.fastpath import FastPath
-from appliance.flowkey import PORTS_V4, FlowKey, flow_key, key_v4, key_v6, tcp_flags
-from appliance.flows import Flow, FlowTable
+from appliance.fastpath import GENEVE_V4, GENEVE_V6, FastPath
+from appliance.flowkey import (
+    TCP_BYTE,
+    TCP_FLAGS_V6,
+    UDP_BYTE,
+    USUAL_V4,
+    USUAL_V6,
+    FlowKey,
+    flow_key,
+    key_v4,
+    key_v6,
+    tcp_flags,
+)
+from appliance.flows import PROTOCOL_AT, Flow, FlowTable
 from appliance.flowverdict import DROP, PASS_INSPECT, PASS_PLAIN, REJECT
 from appliance.geneve import usual_endpoint_id
-from appliance.inner import InnerPacket
+from appliance.inner import PROTO_TCP, InnerPacket
 from appliance.policy import Decision, Policy, Verdict
 from appliance.reject import RejectBudget
 from appliance.sources import SourceFilter
@@ -68,7 +79,8 @@ _FLOWS_ACTIVE, _FLOWS_CREATED, _FLOWS_EXPIRED, _FLOWS_EVICTED = (
     int(Counter.FLOWS_EXPIRED),
     int(Counter.FLOWS_EVICTED),
 )
-_PORTS_V4, _KEY_V4, _KEY_V6 = PORTS_V4, key_v4, key_v6
+_KEY_V4, _KEY_V6 = key_v4, key_v6
+_OPT1, _OPT2, _OPT3 = 0x01080102, 0x01080202, 0x01080301  # GWLB's options, in order
 _PASS, _REWRITE, _DROP = Outcome.PASS, Outcome.REWRITE, Outcome.DROP
 # A flag of our own, above the backend's 32 bits: the sender is not on the allow-list. Marking it
 # per batch leaves the loop one flags test for both reasons to skip a datagram.
@@ -170,20 +182,25 @@ class Worker:
         """Decide the first n datagrams of the batch and queue their replies (flush sends them).
 
         The hot loop: everything is a local, the batch's starts and results come as flat tuples
-        (one call each per batch), the fast path's one or two struct reads vouch for a datagram,
-        its flow key is two slices, and a packet of a flow already passed, that no packet rule
-        can touch, costs one dict lookup more (flows.py) and one list store. Anything else (a
-        new flow, a flow decided under an older policy, a flow the packet rules watch, other
-        layouts) goes to `_judge`.
+        (one call each per batch). Without flow rules the fast path's one or two struct reads
+        vouch for a datagram and settle most. With them, a TCP or UDP packet in the usual layout
+        is vouched for and keyed by one struct read, and a packet of a flow already passed, that
+        no packet rule can touch, costs one dict lookup more (flows.py) and one list store; a
+        flow the packet rules watch shows them the packet here. Anything else (a new flow, a
+        flow decided under an older policy, a dropped or rejected flow, other layouts) goes to
+        `_judge`.
         """
         io, c, flows = self.io, self.counters, self.flows
         buffer, replies = io.buffer, io.replies
         classify, seen, judge = self._fast.classify, flows.seen, self._judge
-        generation, plain, skip = flows.generation, PASS_PLAIN, _SKIP
+        generation, plain, inspect, skip = flows.generation, PASS_PLAIN, PASS_INSPECT, _SKIP
+        decide_packet = self._policy.decide_packet
         stateless, policy, other = not self._policy.stateful, self._policy, self._other
         pass_, rewrite, drop = _PASS, _REWRITE, _DROP
         rewritten = 0
-        ports_v4, key_v4, key_v6 = _PORTS_V4, _KEY_V4, _KEY_V6
+        usual_v4, usual_v6, geneve_v4, geneve_v6 = USUAL_V4, USUAL_V6, GENEVE_V4, GENEVE_V6
+        opt1, opt2, opt3 = _OPT1, _OPT2, _OPT3
+        tcp_byte, udp_byte = TCP_BYTE, UDP_BYTE
         now = time.monotonic_ns()
         passed = 0
         results = io.results(n)
@@ -194,8 +211,8 @@ class Worker:
             if flags & skip:
                 self._skip(flags)
                 continue
-            parsed = classify(buffer, start, length)
             if stateless:  # no rule decides flows: every packet on its own, as ever (policy.py)
+                parsed = classify(buffer, start, length)
                 if parsed is True:
                     passed += 1
                     replies[i] = length
@@ -204,48 +221,121 @@ class Worker:
                     outcome, detail, end = decide_in_place(buffer, start, start + length, policy)
                 else:
                     outcome, detail, end = decide_parsed(buffer, parsed, policy)
-                if outcome is pass_:
-                    passed += 1
-                    replies[i] = length
-                elif outcome is rewrite:
-                    rewritten += 1
-                    replies[i] = end - start  # rewritten where it lies: its ROOM has room
-                elif outcome is drop:
-                    c[_DROPPED] += 1
-                    self._count_rule(detail)
+            else:
+                # TCP or UDP in the usual layout: proved well formed and keyed in one read
+                # (flowkey.USUAL_V4 / USUAL_V6) with the checks classify makes; 0.14 us a
+                # packet more than the stateless pass, against 0.37 for classify and a key read.
+                if buffer[start + 2] == 8:  # Geneve protocol 0x0800: IPv4
+                    (
+                        g0,
+                        t1,
+                        endpoint,
+                        t2,
+                        t3,
+                        ver,
+                        total,
+                        frag,
+                        proto,
+                        ends,
+                        udp_len,
+                        tcp_off,
+                        tcp,
+                    ) = usual_v4(buffer, start)
+                    well = g0 == geneve_v4 and ver == 0x45 and total == length - 40
+                    well = well and not frag & 0x3FFF
+                    room = total - 20
                 else:
-                    answer = other(buffer, start, outcome, detail, end)
+                    (g0, t1, endpoint, t2, t3, first, room, proto, ends, udp_len, tcp_off, tcp) = (
+                        usual_v6(buffer, start)
+                    )
+                    well = g0 == geneve_v6 and first >> 28 == 6 and room == length - 80
+                if not (
+                    well
+                    and t1 == opt1
+                    and t2 == opt2
+                    and t3 == opt3
+                    and (
+                        (proto == tcp_byte and 20 <= (tcp_off >> 4) * 4 <= room)
+                        or (proto == udp_byte and 8 <= udp_len == room)
+                    )
+                ):
+                    answer = self._stateful_other(buffer, start, length, now)
                     if answer is not None:
                         replies[i] = answer
-                continue
-            if parsed is None:
-                answer = judge(buffer, start, length, None, None, None, now)
-            else:
-                if buffer[start + 2] == 8:  # Geneve protocol 0x0800: IPv4 in the usual layout
-                    proto = buffer[start + 49]
-                    if proto == 6 or proto == 17:  # the key in one struct read (flowkey.py)
-                        endpoint, p, ends = ports_v4(buffer, start)
-                        key = endpoint + p + ends
-                        tcp = buffer[start + 73] if proto == 6 else 0  # its flags byte
-                    else:
-                        key, tcp = key_v4(buffer, start), 0
-                else:
-                    key = key_v6(buffer, start)
-                    tcp = buffer[start + 93] if key[8] == 6 else 0
-                flow = seen(key, now, length - 40, tcp)
-                if flow is not None and flow.verdict == plain and flow.generation == generation:
+                    continue
+                key = endpoint + proto + ends
+                flow = seen(key, now, length - 40, tcp if proto == tcp_byte else 0)
+                if flow is None or flow.generation != generation:
+                    answer = judge(
+                        buffer, start, length, classify(buffer, start, length), key, flow, now
+                    )
+                    if answer is not None:
+                        replies[i] = answer
+                    continue
+                verdict = flow.verdict
+                if verdict == plain:
                     passed += 1
                     replies[i] = length
                     continue
-                answer = judge(buffer, start, length, parsed, key, flow, now)
-            if answer is not None:
-                replies[i] = answer
+                parsed = classify(buffer, start, length) if verdict == inspect else None
+                if parsed is None:  # dropped or rejected (or, never, unparsed): _judge counts
+                    answer = judge(buffer, start, length, parsed, key, flow, now)
+                    if answer is not None:
+                        replies[i] = answer
+                    continue
+                if parsed is True:  # no packet rule watches its ports
+                    passed += 1
+                    replies[i] = length
+                    continue
+                # The packet rules before the one that passed the flow act on it (policy.py).
+                decision = decide_packet(buffer, parsed, endpoint, flow.rule)
+                outcome, detail, end = carry_out(buffer, parsed, decision)
+            # A packet's own outcome, either way.
+            if outcome is pass_:
+                passed += 1
+                replies[i] = length
+            elif outcome is rewrite:
+                rewritten += 1
+                replies[i] = end - start  # rewritten where it lies: its ROOM has room
+            elif outcome is drop:
+                c[_DROPPED] += 1
+                self._count_rule(detail)
+            else:
+                answer = other(buffer, start, outcome, detail, end)
+                if answer is not None:
+                    replies[i] = answer
         self._pending = n
         c[_RECEIVED] += n
         c[_BATCHES] += 1
         c[_PASSED] += passed
         c[_REWRITTEN] += rewritten
         self._end_batch(now)
+
+    def _stateful_other(self, buf: bytearray, start: int, length: int, now: int) -> int | None:
+        """A packet, under a flow-deciding policy, that the loop's one read does not vouch for
+        (ICMP, other protocols, anything the full path must parse): the reply's length, or
+        None."""
+        parsed = self._fast.classify(buf, start, length)
+        if parsed is None:
+            return self._judge(buf, start, length, None, None, None, now)
+        if buf[start + 2] == 8:  # Geneve protocol 0x0800: IPv4
+            key, tcp = _KEY_V4(buf, start), 0
+        else:
+            key = _KEY_V6(buf, start)
+            tcp = buf[start + TCP_FLAGS_V6] if key[PROTOCOL_AT] == PROTO_TCP else 0
+        flow = self.flows.seen(key, now, length - 40, tcp)
+        if (
+            flow is not None
+            and flow.verdict == PASS_INSPECT
+            and flow.generation == self.flows.generation
+            and parsed is not True
+        ):  # a flow the packet rules watch (the demo's echo requests): show them the packet
+            policy = self._policy
+            endpoint = usual_endpoint_id(buf, start + 40) if policy.needs_endpoint else b""
+            return self._carry(
+                buf, start, parsed, policy.decide_packet(buf, parsed, endpoint, flow.rule)
+            )
+        return self._judge(buf, start, length, parsed, key, flow, now)
 
     def _end_batch(self, now: int) -> None:
         """Expire what is due (a slice of it) and publish the flow counters."""
@@ -278,6 +368,12 @@ class Worker:
         `parsed`: the fast path's answer (None: another layout, parsed here in full); `key` and
         `flow`: the flow the hot loop found (None: not looked for, or no live flow)."""
         flows, policy = self.flows, self._policy
+        if (
+            flow is not None
+            and flow.generation == flows.generation
+            and flow.verdict != PASS_INSPECT
+        ):
+            return self._apply(buf, start, length, flow.verdict, flow.rule)  # no parse needed
         if parsed is None or parsed is True:
             got = parse_datagram(buf, start, start + length)
             if isinstance(got, int):
@@ -289,7 +385,7 @@ class Worker:
                 if key is not None:
                     flow = flows.seen(key, now, pkt.end - pkt.start, tcp_flags(buf, pkt))
         else:
-            pkt, endpoint = parsed, usual_endpoint_id(buf, parsed.start)
+            pkt, endpoint = parsed, usual_endpoint_id(buf, parsed.start)  # a rule may need it
         if key is None:  # a later fragment: no ports, no flow to go by; judged on its own
             return self._carry(buf, start, pkt, policy.decide(buf, pkt, endpoint))
         if flow is None or flow.generation != flows.generation:
@@ -299,7 +395,15 @@ class Worker:
                 flow = flows.open(key, now, size, verdict, rule, tcp_flags(buf, pkt))
             else:
                 flows.decide(flow, verdict, rule)
-        verdict, rule = flow.verdict, flow.rule
+        if flow.verdict == PASS_INSPECT:
+            return self._carry(buf, start, pkt, policy.decide_packet(buf, pkt, endpoint, flow.rule))
+        return self._apply(buf, start, length, flow.verdict, flow.rule)
+
+    def _apply(
+        self, buf: bytearray, start: int, length: int, verdict: int, rule: int
+    ) -> int | None:
+        """Carry out a flow's verdict that needs no look at the packet (pass, drop, reject):
+        the reply's length, or None."""
         if verdict == PASS_PLAIN:
             self.counters[_PASSED] += 1
             return length
@@ -307,10 +411,8 @@ class Worker:
             self.counters[_DROPPED] += 1
             self._count_rule(rule)
             return None
-        if verdict == REJECT:
-            answer = self._reject(buf, start, start + length, rule)
-            return None if answer is None else answer - start
-        return self._carry(buf, start, pkt, policy.decide_packet(buf, pkt, endpoint, rule))
+        answer = self._reject(buf, start, start + length, rule)  # REJECT
+        return None if answer is None else answer - start
 
     def _other(
         self, buf: bytearray, start: int, outcome: Outcome, detail: int, end: int

@@ -124,6 +124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "sleeps on the socket, as before 2026-11-26: see README.md)",
     )
     p.add_argument("--mix-only", action="store_true", help="only the mix, not the single cases")
+    p.add_argument(
+        "--track-flows",
+        action="store_true",
+        help="applianced with the flow table on ([policy] track_flows = true): every packet is "
+        "looked up in its worker's flow table, as under any policy that decides flows",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (binaries, logs)")
     args = p.parse_args(argv)
     if args.seconds is None:
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             flows=args.flows,
             cpus=cpus,
             product_mode=args.product_mode,
+            track_flows=args.track_flows,
             probe_rate=args.probe_rate,
             health_load={"clients": args.probe_clients, "seconds": args.probe_seconds}
             if args.health_load
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only != "applianced":
             targets.append((BASELINE, [tools["reflector"], "--max-seconds", "600"], 0.0, None))
         if args.only != "reflector":
-            config = write_config(work, args.product_mode)
+            config = write_config(work, args.product_mode, args.track_flows)
             # One worker on the target's CPU, like the single-threaded C reflector; in tree mode
             # the supervisor and the health service share that CPU (they inherit its affinity).
             argv = [applianced, "--config", str(config), "--workers", "1"]

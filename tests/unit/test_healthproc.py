@@ -9,7 +9,22 @@ from pathlib import Path
 from config.loader import parse_config
 from supervisor.healthproc import HealthService
 
-SLEEPER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_DFL); time.sleep(60)"
+# It says "ready" once running: right after Popen returns, /proc/PID/cmdline may still read
+# empty (151 of 200 times here), and an empty cmdline is no health service to stop.
+SLEEPER = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+def started(*argv: str) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLEEPER, *argv], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    with child.stdout:
+        assert child.stdout.readline() == "ready\n"
+    return child
 
 
 def service(tmp_path: Path) -> HealthService:
@@ -18,7 +33,7 @@ def service(tmp_path: Path) -> HealthService:
 
 
 def test_a_left_behind_health_service_is_stopped(tmp_path: Path) -> None:
-    orphan = subprocess.Popen([sys.executable, "-c", SLEEPER, "health.wsgi:from_environment()"])
+    orphan = started("health.wsgi:from_environment()")
     try:
         health = service(tmp_path)
         health.pidfile.write_text(f"{orphan.pid}\n")
@@ -30,7 +45,7 @@ def test_a_left_behind_health_service_is_stopped(tmp_path: Path) -> None:
 
 
 def test_a_reused_pid_is_left_alone(tmp_path: Path) -> None:
-    stranger = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    stranger = started()
     try:
         health = service(tmp_path)
         health.pidfile.write_text(f"{stranger.pid}\n")

@@ -31,9 +31,11 @@ from appliance.batchio import SLOT_BYTES, ReceiveBatch, SendBatch, SocketBatchIO
 from appliance.counters import Counter, new_counters, snapshot
 from appliance.datapath import Outcome, handle_datagram
 from appliance.geneve import GENEVE_PORT
+from appliance.policy import Policy
 from appliance.sockets import IP_PKTINFO
 from appliance.sources import SourceFilter
 from appliance.worker import Worker
+from config.loader import default_config_path, parse_config
 
 WEAK, STRONG = b"weakly typed", b"strongly typed"
 RULES = ("drop-me", "weakly-to-strongly-typed", "icmp-echo-every-fifth", "icmpv6-echo-every-fifth")
@@ -308,6 +310,15 @@ inner_packets = st.one_of(
         st.sampled_from([b"", WEAK, b"drop me " + WEAK]),
     ),
     st.builds(
+        lambda s, d, f, p: raw(
+            IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=s, dport=d, flags=f) / Raw(p)
+        ),
+        st.sampled_from([22, 3000, 40000]),
+        st.sampled_from([3000, 443]),
+        st.sampled_from(["S", "SA", "A", "FA", "R"]),
+        st.sampled_from([b"", b"drop me", WEAK]),
+    ),
+    st.builds(
         lambda s, d, p: raw(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=s, dport=d) / Raw(p)),
         st.sampled_from([22, 3000, 443]),
         st.integers(0, 65535),
@@ -359,13 +370,31 @@ def datagrams(draw) -> bytes:
 STALE = [wrap(raw(IP(src="10.0.0.1", dst="10.0.0.2", proto=47) / Raw(b"g" * 64))), b"\xff", b"\0"]
 
 
+def tracked(policy_text: str) -> Policy:
+    """The policy with the flow table on: the worker's stateful loop (one read that vouches for
+    a packet and keys it, flowkey.USUAL_V4/V6), where each packet's outcome must be the same."""
+    return parse_config(policy_text.replace("track_flows = false", "track_flows = true")).policy
+
+
+DEMO_TRACKED = tracked(default_config_path().read_text())
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.lists(datagrams(), min_size=1, max_size=8), stale=st.sampled_from(STALE))
-def test_every_reply_is_what_the_full_path_decides_on_a_clean_copy(default_policy, batch, stale):
+@given(
+    batch=st.lists(datagrams(), min_size=1, max_size=8),
+    stale=st.sampled_from(STALE),
+    flows=st.booleans(),
+)
+def test_every_reply_is_what_the_full_path_decides_on_a_clean_copy(
+    default_policy, batch, stale, flows
+):
     """The loop (fast path, slow path, reply) over slots full of an earlier datagram's bytes gives
-    each datagram what datapath.handle_datagram gives a copy of it with nothing after it."""
+    each datagram what datapath.handle_datagram gives a copy of it with nothing after it, with the
+    flow table off (the stateless loop) and on (the demo decides no flow: each packet's own
+    outcome is the same)."""
     io = FakeIO(size=8, stale=stale)
-    worker = worker_over(io, default_policy)
+    worker = worker_over(io, DEMO_TRACKED if flows else default_policy)
+    assert worker.policy.stateful is flows
     worker.process(io.lay([Datagram(d) for d in batch]))
     worker.flush()
     got = {r.index: r.data for r in io.sent}
@@ -379,12 +408,78 @@ def test_every_reply_is_what_the_full_path_decides_on_a_clean_copy(default_polic
             assert i not in got, data.hex()
 
 
-def test_a_short_inner_ipv4_packet_is_malformed_whatever_follows_it(default_policy):
+def header_mutants(data: bytes) -> list[bytes]:
+    """`data` with one byte of its headers (the first 100) changed to each value that moves a
+    check of the fast reads (versions, IHL, lengths, option tags, protocol, data offset)."""
+    out = []
+    for at in range(min(len(data), 100)):
+        for value in {0, 1, 5, 0x45, 0x46, 0x50, 0x60, 0xFF, data[at] ^ 0x01, data[at] ^ 0x80}:
+            if value != data[at]:
+                out.append(data[:at] + bytes((value,)) + data[at + 1 :])
+    return out
+
+
+# The IPv4 ones go to ports FIREWALL denies, the IPv6 ones to ports it passes.
+TCP_V4 = wrap(raw(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=22, flags="A")))
+UDP_V4 = wrap(raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=9) / Raw(b"q")))
+TCP_V6 = wrap(raw(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40000, dport=443) / Raw(b"x")))
+UDP_V6 = wrap(raw(IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=53, dport=9) / Raw(b"qq")))
+
+
+# Flow rules on ports under default deny: a packet keyed or vouched for wrongly (a later
+# fragment's payload read as ports) gets another verdict than its own.
+FIREWALL = parse_config(
+    """
+[policy]
+default = "drop"
+[[policy.rules]]
+action = "pass"
+match = { protocol = "tcp", dst_port = 443 }
+[[policy.rules]]
+action = "pass"
+match = { protocol = "udp", port = 53 }
+"""
+).policy
+
+
+@pytest.mark.parametrize("firewall", [False, True], ids=["demo", "firewall"])
+@pytest.mark.parametrize(
+    "base", [TCP_V4, UDP_V4, TCP_V6, UDP_V6], ids=["tcp4", "udp4", "tcp6", "udp6"]
+)
+def test_every_header_byte_changed_is_judged_as_the_full_path_judges_it(
+    default_policy, base, firewall
+):
+    """Each check of the flow loop's one read (flowkey.USUAL_V4/V6) against the full parse: a
+    datagram with any one header byte changed, or cut short, is answered exactly as
+    handle_datagram answers it, by a fresh worker with the flow table on (so every packet is
+    the first of its flow and takes the read) and by one after the flow is passed."""
+    mutants = header_mutants(base) + [base[:cut] for cut in range(len(base) - 1, 40, -1)]
+    for primed in (False, True):
+        for k in range(0, len(mutants), 32):
+            batch = mutants[k : k + 32]
+            io = FakeIO(size=33, stale=STALE[0])
+            worker = worker_over(io, FIREWALL if firewall else DEMO_TRACKED)
+            if primed:  # the unmutated flow is passed first: its mutants find it in the table
+                worker.process(io.lay([Datagram(base)]))
+                worker.flush()
+                io.sent.clear()
+            worker.process(io.lay([Datagram(d) for d in batch]))
+            worker.flush()
+            got = {r.index: r.data for r in io.sent}
+            for i, data in enumerate(batch):
+                reference = FIREWALL if firewall else default_policy
+                outcome, _, rewritten = handle_datagram(data, 0, len(data), reference)
+                want = {Outcome.PASS: data, Outcome.REWRITE: rewritten}.get(outcome)
+                assert got.get(i) == want, data.hex()
+
+
+@pytest.mark.parametrize("flows", [False, True])
+def test_a_short_inner_ipv4_packet_is_malformed_whatever_follows_it(default_policy, flows):
     # An inner IPv4 packet whose total length (8) agrees with what arrived but is under its own
     # 20-byte header, in a slot where an earlier GRE packet left its bytes (fixed in b8df726).
     earlier = STALE[0]
     io = FakeIO(stale=earlier)
-    worker = worker_over(io, default_policy)
+    worker = worker_over(io, DEMO_TRACKED if flows else default_policy)
     worker.process(io.lay([Datagram(wrap(bytes.fromhex("4500000800000000")))]))
     worker.flush()
     assert io.sent == []

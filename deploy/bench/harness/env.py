@@ -133,10 +133,12 @@ def compile_tools(work: Path) -> dict[str, str]:
     return out
 
 
-def write_config(work: Path, mode: str) -> Path:
+def write_config(work: Path, mode: str, track_flows: bool = False) -> Path:
     """The shipped default config (the demo policy) with `[runtime] dir` set to our temp dir and
     the allow-list a fleet has (deploy/terraform sets it to the GWLB subnets): only the generator
-    may send; in worker mode also `[health] enabled = false` (the data path alone)."""
+    may send; in worker mode also `[health] enabled = false` (the data path alone); with
+    `track_flows` the flow table on (`[policy] track_flows = true`: what every packet pays once a
+    policy decides flows)."""
     runtime = work / "runtime"
     lines = (REPO / "config" / "default.toml").read_text(encoding="utf-8").splitlines()
     wanted = {
@@ -145,6 +147,8 @@ def write_config(work: Path, mode: str) -> Path:
     }
     if mode == "worker":
         wanted[("[health]", "enabled")] = "false"
+    if track_flows:
+        wanted[("[policy]", "track_flows")] = "true"
     section, done, out = "", set(), []
     for line in lines:
         stripped = line.strip()

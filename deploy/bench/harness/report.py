@@ -63,7 +63,9 @@ def report(
         f"CPU {facts['cpu_model']} x{facts['cores']}",
         f"# {facts['gcc']}; Python {facts['python']}; applianced {facts['applianced']}; "
         f"product code {facts['product']}",
-        "# " + MODE_TEXT[facts["product_mode"]].format(probe_rate=facts["probe_rate"]),
+        "# "
+        + MODE_TEXT[facts["product_mode"]].format(probe_rate=facts["probe_rate"])
+        + ("; flow table on (policy.track_flows)" if facts.get("track_flows") else ""),
         f"# flood {facts['seconds']:g} s/case, {facts['flows']} flows (outer source ports), "
         f"sendmmsg batch 64; latency {facts['latency_seconds']:g} s at {LATENCY_RATE:,} pps; gen "
         f"on CPU {facts['cpus'][0]}, the target's processes on CPU {facts['cpus'][1]}",
