@@ -16,6 +16,8 @@ from health.reader import StatsReader, WorkerView
 from supervisor.states import State
 
 PREFIX = "gwlb"
+# Words that say how much there is now, not how often something happened.
+GAUGES = frozenset({"flows_active"})
 _BREAKDOWNS = {
     "malformed_by_reason": ("malformed_by_reason", "reason"),
     "dropped_by_rule": ("dropped_by_rule", "rule"),
@@ -61,7 +63,7 @@ class StatsCollector(Collector):
             "seconds since the worker's last heartbeat",
             labels=["slot"],
         )
-        plain: dict[str, CounterMetricFamily] = {}
+        plain: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         totals: dict[str, float] = {}
         broken: dict[str, CounterMetricFamily] = {}
         broken_totals: dict[str, dict[str, float]] = {}
@@ -88,17 +90,16 @@ class StatsCollector(Collector):
                         sums = broken_totals.setdefault(name, {})
                         sums[key] = sums.get(key, 0) + count
                 else:
-                    family = plain.setdefault(
-                        name,
-                        CounterMetricFamily(
-                            f"{PREFIX}_worker_{name}", f"{name} per worker", labels=["slot"]
-                        ),
+                    kind = GaugeMetricFamily if name in GAUGES else CounterMetricFamily
+                    one = plain.setdefault(
+                        name, kind(f"{PREFIX}_worker_{name}", f"{name} per worker", labels=["slot"])
                     )
-                    family.add_metric([slot], float(value))  # type: ignore[arg-type]
+                    one.add_metric([slot], float(value))  # type: ignore[arg-type]
                     totals[name] = totals.get(name, 0) + float(value)  # type: ignore[arg-type]
         yield from (state, restarts, age, *plain.values(), *broken.values())
         for name, value in totals.items():
-            yield CounterMetricFamily(f"{PREFIX}_{name}", f"{name}, all workers", value)
+            kind = GaugeMetricFamily if name in GAUGES else CounterMetricFamily
+            yield kind(f"{PREFIX}_{name}", f"{name}, all workers", value)
         for name, sums in broken_totals.items():
             metric, label = _BREAKDOWNS[name]
             family = CounterMetricFamily(
