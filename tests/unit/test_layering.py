@@ -39,7 +39,7 @@ def imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_each_package_imports_only_what_it_may(package: str) -> None:
     allowed = ALLOWED[package]
-    for path in sorted((ROOT / package).glob("*.py")):
+    for path in sorted((ROOT / package).rglob("*.py")):
         for name in imports(path):
             assert any(name == a or name.startswith(a + ".") for a in allowed), (
                 f"{path.relative_to(ROOT)} imports {name}"
