@@ -63,3 +63,17 @@ def adjust(checksum: int, old_word: int, new_word: int) -> int:
     """
     total = (~checksum & 0xFFFF) + (~old_word & 0xFFFF) + new_word
     return ~fold(total) & 0xFFFF
+
+
+def adjust_sum(checksum: int, change: int) -> int:
+    """RFC 1624 eqn. 3 for any number of changed words at once: the checksum after the sum of
+    the words it covers changed by `change` (new words' sum minus old, any integer).
+
+    ~x is 0xFFFF - x, which is -x modulo 0xFFFF, so ~HC + ~m + m' is m' - m - HC and its
+    complement HC - (m' - m): (checksum - change) % 0xFFFF. Eqn. 3 writes that value's zero as
+    0x0000 (never 0xFFFF) unless its sum is all zeros, so this equals `adjust(checksum, m, m')`
+    for every word change but one: checksum 0xFFFF, m 0xFFFF, m' 0 (adjust: 0xFFFF; this: 0).
+    A UDP checksum field is then `adjust_sum(...) or 0xFFFF` (RFC 768: a computed zero is sent
+    as 0xFFFF), as udp_checksum_field of the full sum would give.
+    """
+    return (checksum - change) % 0xFFFF
