@@ -17,6 +17,9 @@ The contract, for the n datagrams of a batch (`receive()` returned n; i < n):
 - replies[i] = length queues a reply: datagram i's bytes as they then lie, `length` of them from
   its start, back to its sender from the address it came to (DESIGN.md §1). A datagram whose
   entry stays NO_REPLY gets none. `flush(n)` sends the replies and leaves every entry NO_REPLY.
+- extra(i, datagram) queues one more datagram (rare: the reset toward a server when a flow is
+  refused by name, appliance/answer.py) to datagram i's sender the same way; `flush` sends it
+  after the replies.
 """
 
 from __future__ import annotations
@@ -60,7 +63,18 @@ class BatchIO(Protocol):
         """The local IPv4 address each of the first n datagrams arrived on, as integers."""
         ...
 
+    def extra(self, i: int, datagram: bytes) -> None:
+        """Queue `datagram` (Geneve onwards) to datagram i's sender, as a reply goes."""
+        ...
+
     def flush(self, n: int) -> tuple[int, list[int]]:
-        """Send the replies queued for the first n datagrams and clear the queue: (replies sent,
-        errno of each one the kernel refused)."""
+        """Send the replies queued for the first n datagrams, then the extras, and clear both
+        queues: (datagrams sent, errno of each one the kernel refused)."""
+        ...
+
+    @property
+    def rx_dropped(self) -> int:
+        """Datagrams the kernel dropped before the loop could have them (nearly all for a full
+        receive buffer), counted over the socket's life as of the last batch received; 0 from a
+        backend that cannot know."""
         ...

@@ -8,6 +8,16 @@ mmsghdr arrays themselves, which live inside bytearrays so Python reads results 
 of slow ctypes attribute access. A receive waits for the first datagram at most for the socket's
 SO_RCVTIMEO, then takes whatever else is queued (MSG_WAITFORONE).
 
+Why the control buffers move under us: the data socket asks for two control messages (sockets.py),
+IP_PKTINFO (the address a datagram came to, the reply's source) and SO_RXQ_OVFL (how many
+datagrams the socket has dropped, nearly all for a full receive buffer). The kernel writes
+SO_RXQ_OVFL first, and only once the count is not zero: a datagram queued before the socket's
+first drop has IP_PKTINFO at the start of its control buffer, every one queued after has it behind
+the count. The count is read once per batch, from the batch's last datagram (the latest count: it
+is sampled when a datagram is queued), and with it where IP_PKTINFO lies in the whole batch; only
+the one batch in a socket's life that holds both kinds (and one after each 2**32 drops) has its
+odd ones lined up, datagram by datagram.
+
 `SocketBatchIO` puts the two halves (`ReceiveBatch`, `SendBatch`) behind appliance.batch.BatchIO,
 the seam the worker loop talks to. Each batch object keeps the ctypes views that give the kernel
 its buffers' addresses (an exported bytearray cannot be resized, so the addresses stay valid); they
@@ -16,6 +26,7 @@ go with it.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import socket
@@ -26,6 +37,7 @@ from itertools import compress
 from appliance.batch import NO_REPLY, ROOM, TRUNCATED
 from appliance.geneve import GENEVE_PORT
 from appliance.reply import DONT_FRAGMENT, HEADER, HEADER_LEN, TTL_PROTOCOL, VERSION_IHL_TOS
+from appliance.sockets import IP_PKTINFO, SO_RXQ_OVFL
 
 HEADROOM = HEADER_LEN  # the reply's IPv4 + UDP header, written in front of the datagram
 MAX_DATAGRAM = ROOM  # a jumbo-frame MTU's worth: never truncate what GWLB can send
@@ -35,8 +47,10 @@ MSG_WAITFORONE = 0x10000
 MSG_TRUNC = 0x20
 assert MSG_TRUNC == TRUNCATED  # the kernel's msg_flags go to the loop as they are
 _NAME_BYTES = 16  # sockaddr_in
-_PKTINFO_ADDR = socket.CMSG_LEN(0) + 8  # in_pktinfo: ifindex, spec_dst, then addr
-_CONTROL_BYTES = socket.CMSG_SPACE(12)
+_CMSG_HEADER = socket.CMSG_LEN(0)  # cmsg_len (size_t), cmsg_level, cmsg_type
+_COUNT_SPACE = socket.CMSG_SPACE(4)  # SO_RXQ_OVFL's u32: the socket's drops so far
+_PKTINFO_ADDR = _CMSG_HEADER + 8  # in_pktinfo: ifindex, spec_dst, then addr
+_CONTROL_BYTES = _COUNT_SPACE + socket.CMSG_SPACE(12)  # room for both (module doc)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -66,7 +80,8 @@ _IOVSIZE = ctypes.sizeof(_Iovec)
 _FLAGS_OFF = _Msghdr.msg_flags.offset
 # Where the kernel puts things, for whoever lays out a batch by hand (the profiler): message i's
 # (flags, length) at i * MSG_BYTES + RESULT_OFFSET of `headers`, its sender's sockaddr_in at
-# i * NAME_BYTES of `names`, the address it was sent to at i * CONTROL_BYTES + PKTINFO_OFFSET.
+# i * NAME_BYTES of `names`, the address it was sent to at i * CONTROL_BYTES + PKTINFO_OFFSET
+# (where the kernel puts it while the socket has dropped nothing: the module doc).
 MSG_BYTES = _MSIZE
 RESULT_OFFSET = _FLAGS_OFF
 NAME_BYTES = _NAME_BYTES
@@ -87,6 +102,10 @@ _TOTAL_LENGTH_AT, _SOURCE_AT, _PORT_AT, _UDP_LENGTH_AT = 2, 12, 20, 24
 _NAME_WORDS = _NAME_BYTES // 4
 _CONTROL_WORDS = _CONTROL_BYTES // 4
 _PKTINFO_WORD = _PKTINFO_ADDR // 4
+_PKTINFO_COUNTED_WORD = (_COUNT_SPACE + _PKTINFO_ADDR) // 4  # behind SO_RXQ_OVFL's count
+_TYPE_WORD = (_CMSG_HEADER - 4) // 4  # the first control message's cmsg_type
+_COUNT_WORD = _CMSG_HEADER // 4  # SO_RXQ_OVFL's count, when it is the first
+_COUNT_MODULUS = 1 << 32  # the kernel's count is a u32
 # A 16-bit value in network byte order as the native-order item that stores it: a list index
 # is cheaper than a struct call or the shifts. Every length a slot can hold is in it.
 _BIG_ENDIAN = [int.from_bytes(x.to_bytes(2, "big"), sys.byteorder) for x in range(SLOT_BYTES)]
@@ -111,7 +130,10 @@ class ReceiveBatch:
 
     After `receive()` returns n, datagram i is arena[i * SLOT_BYTES + HEADROOM :][:length], and
     `results(n)`, `senders(n)` and `destinations(n)` read every datagram's (flags, length), sender
-    (port, address) and local address (IP_PKTINFO) with one struct call each.
+    (port, address) and local address (IP_PKTINFO) with one struct call each. `rx_dropped` is the
+    socket's count of dropped datagrams as of the last one received (SO_RXQ_OVFL), widened past
+    the kernel's 32 bits; `pktinfo_word` is where IP_PKTINFO's address lies in each datagram's
+    control buffer, in 4-byte words (the module doc).
     """
 
     def __init__(self, size: int) -> None:
@@ -151,10 +173,20 @@ class ReceiveBatch:
             struct.Struct("=i4xI" + f"{gap}xi4xI" * (k - 1)) for k in range(1, size + 1)
         ]
         self._peers = [struct.Struct("!" + "2xHI8x" * k) for k in range(1, size + 1)]
+        # No padding after the last address, so the same struct reads either layout: at offset 0
+        # with IP_PKTINFO first, at the count's size further on behind SO_RXQ_OVFL.
         tail = _CONTROL_BYTES - _PKTINFO_ADDR - 4
         self._locals = [
-            struct.Struct("!" + f"{_PKTINFO_ADDR}xI{tail}x" * k) for k in range(1, size + 1)
+            struct.Struct("!" + f"{_PKTINFO_ADDR}xI{tail}x" * (k - 1) + f"{_PKTINFO_ADDR}xI")
+            for k in range(1, size + 1)
         ]
+        self.rx_dropped = 0
+        self._count = -1  # the kernel's last count read; -1: none yet
+        self.pktinfo_word = _PKTINFO_WORD
+        self._control_words = memoryview(self.control).cast("I")
+        # What the first control messages' types are when all n datagrams agree, either way
+        self._uncounted = memoryview(array.array("I", [IP_PKTINFO] * size))
+        self._counted = memoryview(array.array("I", [SO_RXQ_OVFL] * size))
 
     def results(self, n: int) -> tuple[int, ...]:
         """(msg_flags, length) of the first n datagrams, flattened: f0, len0, f1, len1, ..."""
@@ -166,7 +198,8 @@ class ReceiveBatch:
 
     def destinations(self, n: int) -> tuple[int, ...]:
         """The IPv4 address each of the first n datagrams was sent to (IP_PKTINFO), as integers."""
-        return self._locals[n - 1].unpack_from(self.control, 0)
+        shift = 4 * (self.pktinfo_word - _PKTINFO_WORD)
+        return self._locals[n - 1].unpack_from(self.control, shift)
 
     def receive(self, fd: int) -> int:
         """Wait (up to SO_RCVTIMEO) for datagrams; return how many arrived, 0 on timeout/EINTR."""
@@ -177,12 +210,48 @@ class ReceiveBatch:
         # Restoring only what the last call could touch (one message more, to be safe) keeps a
         # large batch cheap when traffic is light.
         self._dirty = min(max(count, 0) + 1, self.size) * _MSIZE
+        if count > 0:
+            self.read_controls(count)
         if count >= 0:
             return count
         code = ctypes.get_errno()
         if code in (errno.EAGAIN, errno.EINTR):
             return 0
         raise OSError(code, f"recvmmsg: {errno.errorcode.get(code, code)}")
+
+    def read_controls(self, n: int) -> None:
+        """Once per batch of n datagrams (receive does it): take the drop count from the last
+        one, and line IP_PKTINFO up at `pktinfo_word` in all of them (the module doc)."""
+        words, last = self._control_words, (n - 1) * _CONTROL_WORDS
+        counted = words[last + _TYPE_WORD] == SO_RXQ_OVFL
+        if counted:
+            self._take_count(words[last + _COUNT_WORD])
+        types = words[_TYPE_WORD : _TYPE_WORD + _CONTROL_WORDS * n : _CONTROL_WORDS]
+        if types != (self._counted if counted else self._uncounted)[:n]:
+            self._line_up(n, counted)
+        self.pktinfo_word = _PKTINFO_COUNTED_WORD if counted else _PKTINFO_WORD
+
+    def _take_count(self, count: int) -> None:
+        """Widen the kernel's u32 count: it only grows, modulo 2**32. A count a little older than
+        the last one read (datagrams queued from two CPUs at once) is no news."""
+        if self._count < 0:
+            self.rx_dropped = count  # the socket's drops before we came (a restarted worker)
+        else:
+            grown = (count - self._count) % _COUNT_MODULUS
+            if grown >= _COUNT_MODULUS // 2:
+                return
+            self.rx_dropped += grown
+        self._count = count
+
+    def _line_up(self, n: int, counted: bool) -> None:
+        """Copy IP_PKTINFO's address to where this batch reads it in each datagram laid out the
+        other way (past the end of a short control buffer is ours to write)."""
+        words, step = self._control_words, _CONTROL_WORDS
+        to = _PKTINFO_COUNTED_WORD if counted else _PKTINFO_WORD
+        source = _PKTINFO_WORD if counted else _PKTINFO_COUNTED_WORD
+        for at in range(0, n * step, step):
+            if (words[at + _TYPE_WORD] == SO_RXQ_OVFL) != counted:
+                words[at + to] = words[at + source]
 
 
 class SendBatch:
@@ -295,7 +364,7 @@ class SendBatch:
         """Every header of the batch gets its source address (IP_PKTINFO's), its destination and
         destination port (the sender's sockaddr): one strided memoryview copy per field."""
         step_words, step_fields = SLOT_BYTES // 4, SLOT_BYTES // 2
-        at, name, pktinfo = _SOURCE_AT // 4, _NAME_WORDS, _PKTINFO_WORD
+        at, name, pktinfo = _SOURCE_AT // 4, _NAME_WORDS, self._rx.pktinfo_word
         self._arena_words[at : at + step_words * n : step_words] = self._control_words[
             pktinfo : pktinfo + _CONTROL_WORDS * n : _CONTROL_WORDS
         ]
@@ -350,6 +419,7 @@ class SocketBatchIO:
         self._data_fd = data_socket.fileno()
         self._raw_fd = raw_socket.fileno()
         self._sockets = (data_socket, raw_socket)  # keep them open as long as we are
+        self._extras: list[tuple[int, bytes]] = []
 
     def receive(self) -> int:
         return self.rx.receive(self._data_fd)
@@ -366,6 +436,38 @@ class SocketBatchIO:
     def destinations(self, n: int) -> tuple[int, ...]:
         return self.rx.destinations(n)
 
+    @property
+    def rx_dropped(self) -> int:
+        return self.rx.rx_dropped
+
+    def extra(self, i: int, datagram: bytes) -> None:
+        self._extras.append((i, datagram))
+
     def flush(self, n: int) -> tuple[int, list[int]]:
         self.tx.prepare(self.replies, n)
-        return self.tx.flush(self._raw_fd)
+        sent, failures = self.tx.flush(self._raw_fd)
+        if self._extras:
+            sent += self._send_extras(n, failures)
+        return sent, failures
+
+    def _send_extras(self, n: int, failures: list[int]) -> int:
+        """Each extra with its own outer header (reply.py's) and sendto: a handful a batch at
+        most, so no message array."""
+        extras, self._extras = self._extras, []
+        senders, local = self.rx.senders(n), self.rx.destinations(n)
+        sent = 0
+        for i, datagram in extras:
+            port, peer = senders[2 * i], senders[2 * i + 1]
+            header = HEADER.pack(
+                VERSION_IHL_TOS, HEADROOM + len(datagram), 0, DONT_FRAGMENT, TTL_PROTOCOL, 0,
+                local[i], peer, port, GENEVE_PORT, 8 + len(datagram), 0,
+            )  # fmt: skip
+            # To the sender's address and port, as the batch's messages name it (a raw socket
+            # ignores the port; the unit tests' stand-in, a UDP socket, needs it).
+            where = (socket.inet_ntoa(peer.to_bytes(4, "big")), port)
+            try:
+                self._sockets[1].sendto(header + datagram, where)
+                sent += 1
+            except OSError as error:
+                failures.append(error.errno or 0)
+        return sent

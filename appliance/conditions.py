@@ -17,10 +17,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from appliance.inner import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, InnerPacket
+from appliance.names.match import NameList
 
 PROTOCOL_NAMES = {"icmp": PROTO_ICMP, "tcp": PROTO_TCP, "udp": PROTO_UDP, "icmpv6": PROTO_ICMPV6}
 PORTED = frozenset({PROTO_TCP, PROTO_UDP})  # transports whose packets carry ports (inner.py)
@@ -415,6 +416,66 @@ class Endpoint(Condition):
 
     def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
         return endpoint in self.ids
+
+
+# --- names a flow shows (appliance/nameflow.py finds them) --------------------------------------
+
+# What a flow has shown of each kind of name, in a Names mapping: a kind missing is not known
+# yet (the flow waits for it); None: the flow cannot or did not carry it (not TLS, not HTTP, no
+# DNS question, or the bound was reached first); "" the protocol without a name (a ClientHello
+# without server_name, a request without Host); else the name, normalised (names/hostname.py).
+Names = Mapping[str, "str | None"]
+NAMELESS = ""  # in a config list: the protocol seen without a name ("TLS with no SNI")
+
+
+class NameCondition(Condition):
+    """A name from the flow's first bytes in a list of names (exact, or `*.` and any subdomain):
+    `tls_sni`, `http_host`, `dns_name`. A packet alone says nothing about it (`__call__` is
+    False: a later fragment, judged alone, matches no name rule); the policy asks `matches`
+    with what the flow has shown. `""` in the list matches the protocol seen without a name."""
+
+    flow_wide = True
+
+    def __init__(self, names: NameList, nameless: bool) -> None:
+        self.names, self.nameless = names, nameless
+
+    @classmethod
+    def from_config(cls, value: Any) -> NameCondition:
+        items = value if isinstance(value, list) else [value]
+        named = [item for item in items if item != NAMELESS]
+        nameless = len(named) < len(items)
+        if not named and not nameless:
+            raise ValueError('must list names, such as ["github.com", "*.example.com"]')
+        return cls(NameList.from_config(named) if named else NameList(), nameless)
+
+    def matches(self, name: str | None) -> bool:
+        if name is None:
+            return False
+        return self.nameless if name == NAMELESS else self.names.matches(name)
+
+    def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
+        return False
+
+
+@register
+class TlsSni(NameCondition):
+    key = "tls_sni"  # the server name of the ClientHello (with ECH, the outer, public one)
+    needs = frozenset({PROTO_TCP})
+
+
+@register
+class HttpHost(NameCondition):
+    key = "http_host"  # the Host of the first HTTP/1.x request
+    needs = frozenset({PROTO_TCP})
+
+
+@register
+class DnsName(NameCondition):
+    key = "dns_name"  # the question of a DNS query to port 53 (UDP: each query; TCP: the first)
+    needs = PORTED
+
+
+NAME_KEYS = tuple(kind.key for kind in (TlsSni, HttpHost, DnsName))
 
 
 def contradiction(conditions: Iterable[Condition]) -> tuple[str, str] | None:

@@ -34,6 +34,15 @@ class Counter(enum.IntEnum):
     FLOWS_CREATED = 16
     FLOWS_EXPIRED = 17
     FLOWS_EVICTED = 18
+    # Set, not added to: the kernel's count of datagrams its data socket dropped, almost all for a
+    # full receive buffer (SO_RXQ_OVFL, as of the last datagram the worker read: batchio.py).
+    # Cumulative over the socket's life, which a restarted worker inherits; the health verdict
+    # watches it rise (health/overflow.py).
+    RX_BUFFER_DROPS = 19
+    NAME_HELD = 20  # client segments held back while their flow waited for its name
+    AUDITED = 21  # denials passed in audit mode (per rule: AUDIT_BASE)
+    INSPECT_ERRORS = 22  # inspector calls that raised or returned no result (on_error applied)
+    INSPECT_OVERTIME = 23  # inspector calls over their rule's budget_us (on_error applied)
 
 
 # What the worker refused to send back, for a one-number "drops" column.
@@ -60,9 +69,13 @@ SEND_ERRNOS = (
 )
 
 MALFORMED_BASE = 32
-RULE_BASE = MALFORMED_BASE + 32
+RULE_BASE = MALFORMED_BASE + 32  # drops and rejects per rule
 SEND_ERRNO_BASE = RULE_BASE + MAX_RULES
-SIZE = SEND_ERRNO_BASE + len(SEND_ERRNOS)  # counters per worker
+# Per rule: the flows it decided (packets, for a rule that acts on packets), whatever its action;
+# and the flows or packets it would have denied in audit mode, which passed.
+HIT_BASE = SEND_ERRNO_BASE + len(SEND_ERRNOS)
+AUDIT_BASE = HIT_BASE + MAX_RULES
+SIZE = AUDIT_BASE + MAX_RULES  # counters per worker
 assert len(Reason) <= RULE_BASE - MALFORMED_BASE
 
 
@@ -90,6 +103,12 @@ def snapshot(counters: memoryview, rule_names: tuple[str, ...] = ()) -> dict[str
         for i in range(MAX_RULES)
         if counters[RULE_BASE + i]
     }
+    for name, base in (("hits_by_rule", HIT_BASE), ("audited_by_rule", AUDIT_BASE)):
+        out[name] = {
+            (rule_names[i] if i < len(rule_names) else f"rule{i}"): counters[base + i]
+            for i in range(MAX_RULES)
+            if counters[base + i]
+        }
     out["send_errors_by_errno"] = {
         (errno.errorcode.get(code, "other") if code else "other"): counters[SEND_ERRNO_BASE + i]
         for i, code in enumerate(SEND_ERRNOS)

@@ -40,6 +40,7 @@ class FlowRecord(NamedTuple):
     generation: int
     replied: bool
     closing: bool
+    name: str | None  # the name it showed (TLS server name, HTTP Host, DNS question), if any
 
 
 def list_flows(
@@ -87,6 +88,7 @@ def list_flows(
             flow.generation,
             flow.replied,
             flow.closing,
+            flow.watch.name() if flow.watch is not None else None,
         )
 
 

@@ -53,7 +53,8 @@ with nothing due, 0.76 us per flow it expires.
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from appliance.flowkey import ENDPOINT_LEN, FlowKey, reverse_key
 from appliance.inner import PROTO_TCP
@@ -87,6 +88,7 @@ class Flow:
         "tcp",
         "timeout_ns",
         "verdict",
+        "watch",
         "wheel",
     )
     key: FlowKey  # as the packet that opened it had it: the forward direction
@@ -103,6 +105,7 @@ class Flow:
     tcp: int  # FIN_FORWARD | FIN_REVERSE | RST_SEEN
     timeout_ns: int  # idle time after which it expires (its wheel's)
     wheel: _Wheel | None  # None once it has left the table
+    watch: Any  # the caller's: what decides a flow not decided yet (nameflow.NameWatch), or None
     bucket: int  # the tick it is filed under in its wheel
 
     @property
@@ -239,6 +242,9 @@ class FlowTable:
         self._clean_at: int | None = None  # a time at which no wheel had anything due left
         self._by_key: dict[FlowKey, Flow] = {}
         self._get = self._by_key.get
+        # Told of each flow with a `watch` that leaves the table, whatever the way out, so the
+        # owner of what the watch holds can take it back.
+        self.on_end: Callable[[Flow], None] | None = None
         self.active = 0
         self.created = 0
         self.expired = 0
@@ -300,6 +306,7 @@ class FlowTable:
         flow.fwd_packets, flow.fwd_bytes, flow.rev_packets, flow.rev_bytes = 1, length, 0, 0
         flow.verdict, flow.rule, flow.generation = verdict, rule, self.generation
         flow.tcp = 0
+        flow.watch = None
         self._by_key[key] = flow
         self._by_key[rkey] = flow
         (self._new_tcp if key[PROTOCOL_AT] == PROTO_TCP else self._new_other).file(
@@ -378,6 +385,8 @@ class FlowTable:
         if flow.rkey is not flow.key:
             del self._by_key[flow.rkey]
         self.active -= 1
+        if flow.watch is not None and self.on_end is not None:
+            self.on_end(flow)
 
     def _sweep(self, now_ns: int, budget: int) -> int:
         """Expire flows from buckets wholly past their wheel's timeout, re-filing the ones seen

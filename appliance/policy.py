@@ -22,6 +22,14 @@ act on each packet of a flow that passes (`decide_packet`), as far as the rule t
 flow: a `pass` rule stops the evaluation as it always did. A packet's fate is the one `decide`
 gives; only the rule a drop is counted under may differ, when a later flow rule and an earlier
 payload rule both drop it.
+
+Names and inspectors are flow rules too, asked at the flow's level only. A rule with a name
+condition (conditions.NameCondition: the TLS server name, HTTP Host or DNS question the flow
+shows) whose other conditions hold waits for that name: decide_flow answers PENDING, and the
+worker asks again once the flow has shown it (nameflow.py). An `inspect` rule that matches hands
+the flow to its inspector (inspection.py): INSPECT. A rule in audit mode that would deny is
+counted and skipped; under policy.mode = "audit" every denial is counted and passes. The
+stateless `decide` never asks a name or an inspector: neither can say anything of one packet.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from appliance.conditions import (
     Condition,
     IcmpType,
     IpVersion,
+    NameCondition,
+    Names,
     PayloadContains,
     Port,
     Protocol,
@@ -55,6 +65,7 @@ class Action(enum.Enum):
     REJECT = "reject"  # drop, and tell the sender at once (a TCP RST or an ICMP unreachable)
     REPLACE = "replace"
     DROP_SEQ_MULTIPLE = "drop_seq_multiple"
+    INSPECT = "inspect"  # an inspector written in Python decides the flow (inspection.py)
 
 
 class Verdict(enum.IntEnum):
@@ -63,10 +74,17 @@ class Verdict(enum.IntEnum):
     REWRITE = 2  # `replacements` say what to change
     UNREWRITABLE = 3  # a replace matched a fragment (or a routed IPv6 packet): dropped
     REJECT = 4  # dropped, and the sender is told
+    PENDING = 5  # decide_flow: `rule` waits for a name the flow has not shown yet
+    INSPECT = 6  # decide_flow: `rule`'s inspector judges the flow's packets
 
 
 DEFAULTS = {"pass": Verdict.PASS, "drop": Verdict.DROP, "reject": Verdict.REJECT}
 DEFAULT_RULE = -2  # the `rule` of a decision made by policy.default
+# A flow waiting for its name (nameflow.py): the client's first bytes read for it, the packets it
+# may send before the name must be known (else the flow is decided without it), and the DNS
+# response code a refused query is answered with (5 REFUSED, 3 NXDOMAIN).
+NAME_DEFAULTS: dict[str, int] = {"name_bytes": 16384, "name_packets": 16, "dns_reject_rcode": 5}
+_NO_NAMES: dict[str, str | None] = {}
 REJECTS_PER_SECOND = 1000
 # GWLB's own idle timeouts (DESIGN.md section 1), and a bound: ~500 bytes a flow (flows.py).
 FLOW_DEFAULTS: dict[str, Any] = {
@@ -85,6 +103,12 @@ class Rule:
     find: bytes = b""  # replace
     replace: bytes = b""  # replace
     every: int = 0  # drop_seq_multiple
+    inspector: Any = None  # inspect: an inspection.Inspector
+    audit: bool = False  # count what it would deny, let it pass, go on to the next rule
+
+    def names(self) -> tuple[NameCondition, ...]:
+        """Its conditions on names the flow shows (TLS server name, HTTP Host, DNS question)."""
+        return tuple(c for c in self.match if isinstance(c, NameCondition))
 
     def protocols(self) -> frozenset[int] | None:
         """The protocols a matching packet can have (every condition's narrowing); None: any."""
@@ -152,7 +176,9 @@ class _Compiled(NamedTuple):
     action: Action
     every: int
     replacement: Replacement
-    decided: Decision  # drop, reject, or the rewrite it starts
+    decided: Decision  # drop, reject, the rewrite it starts, or its inspection
+    names: tuple[NameCondition, ...]  # asked of the names a flow shows (decide_flow)
+    audit: bool
 
 
 class Policy:
@@ -165,8 +191,16 @@ class Policy:
         reject_per_second: int = REJECTS_PER_SECOND,
         flow_settings: dict[str, float] | None = None,
         track_flows: bool = False,
+        audit: bool = False,
+        name_settings: dict[str, int] | None = None,
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
+        self.audit = audit  # policy.mode = "audit": every denial is counted and passes
+        # How long a flow may wait for its name, and what a refused DNS query is answered with.
+        self.name_settings: dict[str, int] = {**NAME_DEFAULTS, **(name_settings or {})}
+        # The kinds of name some rule asks (conditions.NAME_KEYS): a flow waits only for these.
+        self.name_kinds = frozenset(c.key for r in self.rules for c in r.names())
+        self.inspects_flows = any(r.action is Action.INSPECT for r in self.rules)
         # The worker's flow table: FlowTable's keyword arguments (max_flows, timeouts).
         self.flow_settings: dict[str, Any] = {**FLOW_DEFAULTS, **(flow_settings or {})}
         self.default = default
@@ -179,13 +213,15 @@ class Policy:
         compiled = [_compile(i, r) for i, r in enumerate(self.rules)]
         decides_flows = [_decides_flows(r) for r in self.rules]
         # Rules that can match each transport protocol, in order: most packets meet one or two.
-        self._by_protocol = _by_protocol(compiled, self.rules, [True] * len(compiled))
+        # `decide` asks every rule a packet alone can answer: not names, not inspectors.
+        alone = [not r.names() and r.action is not Action.INSPECT for r in self.rules]
+        self._by_protocol = _by_protocol(compiled, self.rules, alone)
         self._flow_rules = _by_protocol(compiled, self.rules, decides_flows)
         self._packet_rules = _by_protocol(compiled, self.rules, [not d for d in decides_flows])
         # Flows are tracked only when something decides them: a flow rule, a default that
         # denies, or an operator who asked (policy.track_flows, for `appliancectl flows`).
         # Without, every packet is judged alone and a passing packet costs what it always did.
-        self.stateful = track_flows or default is not Verdict.PASS or any(decides_flows)
+        self.stateful = track_flows or default is not Verdict.PASS or audit or any(decides_flows)
         self.packet_rules = tuple(
             r for r, d in zip(self.rules, decides_flows, strict=True) if not d
         )
@@ -195,17 +231,47 @@ class Policy:
         `endpoint` (its 8-byte id), by every rule: the stateless answer."""
         return self._evaluate(self._by_protocol, buf, pkt, endpoint, _ALL, self.default_decision)
 
-    def decide_flow(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes = b"") -> Decision:
-        """The verdict for the flow whose first packet `pkt` is, by the flow rules: PASS (with
-        the deciding `pass` rule's index, or -1 when none decided and the default passes), DROP
-        or REJECT."""
-        for index, _, checks, action, _, _, decided in self._flow_rules[pkt.protocol]:
+    def decide_flow(
+        self,
+        buf: Buffer,
+        pkt: InnerPacket,
+        endpoint: bytes = b"",
+        names: Names = _NO_NAMES,
+        audited: list[int] | None = None,
+    ) -> Decision:
+        """The verdict for the flow whose packet `pkt` is (its first, or the one that showed its
+        name), by the flow rules: PASS (with the deciding `pass` rule's index, or -1 when none
+        decided and the default passes), DROP or REJECT; INSPECT when an inspect rule matches
+        (its inspector decides); PENDING when a rule's other conditions hold and it asks a name
+        `names` (conditions.Names) does not know yet: ask again once the flow shows it.
+        Audit: a rule in audit mode that would deny is appended to `audited` and the next rule
+        asked; under policy.mode = "audit" a denial is appended and PASS returned."""
+        for index, _, checks, action, _, _, decided, named, audit in self._flow_rules[pkt.protocol]:
             for check in checks:
                 if not check(buf, pkt, endpoint):
                     break
             else:
-                return Decision(_PASS_VERDICT, index, ()) if action is _PASS else decided
-        return self.default_decision
+                if named:
+                    if any(c.key not in names for c in named):
+                        return Decision(Verdict.PENDING, index, ())
+                    if not all(c.matches(names[c.key]) for c in named):
+                        continue
+                if action is _PASS:
+                    return Decision(_PASS_VERDICT, index, ())
+                if audit and action is not Action.INSPECT:
+                    if audited is not None:
+                        audited.append(index)
+                    continue
+                return self._enforced(decided, audited)
+        return self._enforced(self.default_decision, audited)
+
+    def _enforced(self, decision: Decision, audited: list[int] | None) -> Decision:
+        """`decision`, or under policy.mode = "audit" a pass when it denies (counted)."""
+        if not self.audit or decision.verdict not in _DENIALS:
+            return decision
+        if audited is not None:
+            audited.append(decision.rule)
+        return Decision(_PASS_VERDICT, decision.rule, ())
 
     def decide_packet(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes, upto: int) -> Decision:
         """What the packet rules before rule `upto` (the one that passed the flow; -1: none)
@@ -238,7 +304,7 @@ class Policy:
             return PASS_DECISION
         rewrite: Decision | None = None  # the first matching replace's, extended by later ones
         passed = False  # a `pass` rule decided: the default does not apply
-        for index, _, checks, action, every, replacement, decided in table[pkt.protocol]:
+        for index, _, checks, action, every, replacement, decided, _, _ in table[pkt.protocol]:
             if index >= limit:
                 break
             for check in checks:
@@ -274,14 +340,17 @@ class Policy:
 _LATER, _WHOLE, _REWRITE = Fragment.LATER, Fragment.NONE, Verdict.REWRITE
 _REPLACE, _DROP_SEQ_MULTIPLE, _PASS = Action.REPLACE, Action.DROP_SEQ_MULTIPLE, Action.PASS
 _PASS_VERDICT = Verdict.PASS
+_DENIALS = frozenset({Verdict.DROP, Verdict.REJECT})
 _ALL = 1 << 30  # no rule limit
 
 
 def _decides_flows(rule: Rule) -> bool:
-    """A flow rule: pass, drop or reject on what a flow is, not on one packet's payload."""
-    return rule.action in (Action.PASS, Action.DROP, Action.REJECT) and not any(
-        c.per_packet for c in rule.match
-    )
+    """A flow rule: pass, drop, reject or inspect on what a flow is, not on one packet's
+    payload."""
+    return rule.action in _FLOW_ACTIONS and not any(c.per_packet for c in rule.match)
+
+
+_FLOW_ACTIONS = frozenset({Action.PASS, Action.DROP, Action.REJECT, Action.INSPECT})
 
 
 def _by_protocol(
@@ -322,10 +391,23 @@ def _compile(index: int, rule: Rule) -> _Compiled:
         decided = Decision(Verdict.REWRITE, index, (replacement,))
     elif rule.action is Action.REJECT:
         decided = Decision(Verdict.REJECT, index, ())
+    elif rule.action is Action.INSPECT:
+        decided = Decision(Verdict.INSPECT, index, ())
     else:
         decided = Decision(Verdict.DROP, index, ())
-    # The protocol index already guarantees the protocol; the other checks run per packet.
-    kept = [c for c in rule.match if not isinstance(c, Protocol)]
+    # The protocol index already guarantees the protocol; the other checks run per packet. Name
+    # conditions are asked apart, of what the flow has shown (decide_flow).
+    kept = [c for c in rule.match if not isinstance(c, (Protocol, NameCondition))]
     checks = tuple(c.compile() for c in kept)
     flow_checks = tuple(c.compile() for c in kept if c.flow_wide)
-    return _Compiled(index, flow_checks, checks, rule.action, rule.every, replacement, decided)
+    return _Compiled(
+        index,
+        flow_checks,
+        checks,
+        rule.action,
+        rule.every,
+        replacement,
+        decided,
+        rule.names(),
+        rule.audit,
+    )

@@ -13,6 +13,7 @@ import struct
 from appliance.errors import BootError
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux's value; Python does not name it
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
@@ -20,11 +21,13 @@ SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 def open_data_socket(
     bind: str, port: int, receive_buffer_bytes: int, wait_s: float = 1.0
 ) -> socket.socket:
-    """A UDP socket in the port's reuseport group, with IP_PKTINFO and a bounded receive wait."""
+    """A UDP socket in the port's reuseport group, with IP_PKTINFO, the kernel's count of the
+    datagrams it dropped (SO_RXQ_OVFL: a full receive buffer) and a bounded receive wait."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, receive_buffer_bytes)
         seconds = int(wait_s)
         timeval = struct.pack("@ll", seconds, int((wait_s - seconds) * 1_000_000))

@@ -24,7 +24,7 @@ from pathlib import Path
 from appliance import counters as cnt
 
 MAGIC = int.from_bytes(b"GWLBSTAT", "little")
-VERSION = 2  # 2: the counters of flows and rejects (counters.py), flows request words
+VERSION = 3  # 2: the counters of flows and rejects, flows request words; 3: hits per rule
 HEADER_WORDS = 16
 SLOT_META_WORDS = 8
 SLOT_WORDS = SLOT_META_WORDS + cnt.SIZE

@@ -18,12 +18,14 @@ from __future__ import annotations
 import gc
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from appliance import counters as cnt
-from appliance.batch import TRUNCATED, BatchIO
+from appliance.answer import reset_toward_server, write_dns_answer
+from appliance.batch import ROOM, TRUNCATED, BatchIO
 from appliance.batchio import SocketBatchIO
+from appliance.conditions import Names
 from appliance.counters import Counter
 from appliance.datapath import (
     Outcome,
@@ -48,9 +50,21 @@ from appliance.flowkey import (
     tcp_flags,
 )
 from appliance.flows import PROTOCOL_AT, Flow, FlowTable
-from appliance.flowverdict import DROP, PASS_INSPECT, PASS_PLAIN, REJECT
+from appliance.flowverdict import (
+    DROP,
+    INSPECTING,
+    PASS_INSPECT,
+    PASS_PLAIN,
+    PENDING,
+    PER_QUERY,
+    REJECT,
+    UNDECIDED,
+)
 from appliance.geneve import usual_endpoint_id
-from appliance.inner import PROTO_TCP, InnerPacket
+from appliance.inner import PROTO_TCP, PROTO_UDP, InnerPacket
+from appliance.inspection import Packet
+from appliance.nameflow import HeldBytes, NameWatch, possible, query_names
+from appliance.names.dns import synthesize_answer
 from appliance.policy import Decision, Policy, Verdict
 from appliance.reject import RejectBudget
 from appliance.sources import SourceFilter
@@ -73,12 +87,19 @@ _REJECTED, _REJECTS_SENT, _REJECTS_SUPPRESSED, _DEFAULT_DECIDED = (
     int(Counter.REJECTS_SUPPRESSED),
     int(Counter.DEFAULT_DECIDED),
 )
+_HELD, _AUDITED = int(Counter.NAME_HELD), int(Counter.AUDITED)
+_INSPECT_ERRORS, _INSPECT_OVERTIME = int(Counter.INSPECT_ERRORS), int(Counter.INSPECT_OVERTIME)
+_HIT_BASE, _AUDIT_BASE = cnt.HIT_BASE, cnt.AUDIT_BASE
+_SETTLED = frozenset({PASS_PLAIN, DROP, REJECT})  # verdicts carried out without a parse
+# What all the flows of a worker waiting for their name may hold of their clients' first bytes.
+HELD_BYTES_CAP = 64 << 20
 _FLOWS_ACTIVE, _FLOWS_CREATED, _FLOWS_EXPIRED, _FLOWS_EVICTED = (
     int(Counter.FLOWS_ACTIVE),
     int(Counter.FLOWS_CREATED),
     int(Counter.FLOWS_EXPIRED),
     int(Counter.FLOWS_EVICTED),
 )
+_RX_BUFFER_DROPS = int(Counter.RX_BUFFER_DROPS)
 _KEY_V4, _KEY_V6 = key_v4, key_v6
 _OPT1, _OPT2, _OPT3 = 0x01080102, 0x01080202, 0x01080301  # GWLB's options, in order
 _PASS, _REWRITE, _DROP = Outcome.PASS, Outcome.REWRITE, Outcome.DROP
@@ -132,12 +153,15 @@ class Worker:
         heartbeat: Callable[[], None],
     ) -> None:
         self.io = io
+        self._held = HeldBytes(HELD_BYTES_CAP)  # client bytes of flows waiting for a name
         self.policy = policy  # replaced whole on reload (the setter recompiles the fast path)
         self.counters = counters
         self.sources = sources
         self.heartbeat = heartbeat
         self.stopping = False
         self._pending = 0  # datagrams processed whose replies are not flushed yet
+        self._starts: Sequence[int] = ()  # where the batch's datagrams start
+        self._audited: list[int] = []  # decide_flow's audit hits, counted and cleared each time
         self._freeze_at = 0  # when the flow table's objects are next moved out of the gc's way
 
     @property
@@ -152,6 +176,8 @@ class Worker:
         settings: dict[str, float] | None = getattr(self, "_flow_settings", None)
         if settings is None or policy.flow_settings != settings:
             self.flows = FlowTable(**policy.flow_settings)  # the first, or new bounds: afresh
+            self.flows.on_end = self._flow_ended
+            self._held.held = 0
             self._flow_settings: dict[str, float] = policy.flow_settings
         else:
             self.flows.generation += 1  # every flow is judged again by this policy, next packet
@@ -207,7 +233,8 @@ class Worker:
         if self.sources is not None:
             results = _mark_foreign(results, io.senders(n), self.sources)
         flat = iter(results)
-        for i, start, flags, length in zip(range(n), io.starts(n), flat, flat, strict=True):
+        self._starts = starts = io.starts(n)  # for the rare datagram that needs its index
+        for i, start, flags, length in zip(range(n), starts, flat, flat, strict=True):
             if flags & skip:
                 self._skip(flags)
                 continue
@@ -309,6 +336,7 @@ class Worker:
         c[_BATCHES] += 1
         c[_PASSED] += passed
         c[_REWRITTEN] += rewritten
+        c[_RX_BUFFER_DROPS] = io.rx_dropped  # the socket's drops, as of this batch (batchio.py)
         self._end_batch(now)
 
     def _stateful_other(self, buf: bytearray, start: int, length: int, now: int) -> int | None:
@@ -368,11 +396,7 @@ class Worker:
         `parsed`: the fast path's answer (None: another layout, parsed here in full); `key` and
         `flow`: the flow the hot loop found (None: not looked for, or no live flow)."""
         flows, policy = self.flows, self._policy
-        if (
-            flow is not None
-            and flow.generation == flows.generation
-            and flow.verdict != PASS_INSPECT
-        ):
+        if flow is not None and flow.generation == flows.generation and flow.verdict in _SETTLED:
             return self._apply(buf, start, length, flow.verdict, flow.rule)  # no parse needed
         if parsed is None or parsed is True:
             got = parse_datagram(buf, start, start + length)
@@ -389,15 +413,153 @@ class Worker:
         if key is None:  # a later fragment: no ports, no flow to go by; judged on its own
             return self._carry(buf, start, pkt, policy.decide(buf, pkt, endpoint))
         if flow is None or flow.generation != flows.generation:
-            verdict, rule = self._verdict(buf, pkt, endpoint)
+            # What the flow has shown of the names the rules ask (nameflow.py); a flow judged
+            # again after a reload keeps what it showed.
+            watch = None if flow is None else flow.watch
+            names = watch.names if watch is not None else possible(policy.name_kinds, pkt)
+            verdict, rule = self._verdict(buf, pkt, endpoint, names)
             if flow is None:
                 size = pkt.end - pkt.start
                 flow = flows.open(key, now, size, verdict, rule, tcp_flags(buf, pkt))
             else:
                 flows.decide(flow, verdict, rule)
-        if flow.verdict == PASS_INSPECT:
+            if verdict in UNDECIDED and watch is None:
+                flow.watch = NameWatch(names)
+        verdict = flow.verdict
+        if verdict == PASS_INSPECT:
             return self._carry(buf, start, pkt, policy.decide_packet(buf, pkt, endpoint, flow.rule))
-        return self._apply(buf, start, length, flow.verdict, flow.rule)
+        if verdict in UNDECIDED:
+            return self._undecided(buf, start, length, pkt, endpoint, key == flow.key, flow)
+        return self._apply(buf, start, length, verdict, flow.rule)
+
+    def _undecided(
+        self,
+        buf: bytearray,
+        start: int,
+        length: int,
+        pkt: InnerPacket,
+        endpoint: bytes,
+        forward: bool,
+        flow: Flow,
+    ) -> int | None:
+        """A packet of a flow not decided yet (flowverdict.py): shown to what decides it."""
+        policy, watch = self._policy, flow.watch
+        if flow.verdict == INSPECTING:
+            return self._inspect(buf, start, length, pkt, endpoint, forward, flow)
+        if not forward:  # the server's side: nothing waits on it (nameflow.py)
+            self.counters[_PASSED] += 1
+            return length
+        if flow.verdict == PER_QUERY:  # DNS over UDP: each query by its own name
+            names = query_names(policy.name_kinds, buf, pkt)
+            verdict, rule = self._verdict(buf, pkt, endpoint, names)
+            if names.get("dns_name"):
+                watch.names["dns_name"] = names["dns_name"]  # the last one, for `flows`
+            return self._act(buf, start, length, pkt, endpoint, forward, flow, verdict, rule)
+        # PENDING: a client TCP segment; the handshake and bare ACKs go through.
+        if pkt.protocol != PROTO_TCP or not watch.client_packet(
+            buf, pkt, policy.name_settings, policy.name_kinds, self._held
+        ):
+            self.counters[_PASSED] += 1
+            return length
+        verdict, rule = self._verdict(buf, pkt, endpoint, watch.names)
+        if verdict == PENDING:
+            self.counters[_HELD] += 1  # kept in the watch; TCP sends it again
+            return None
+        stream_start = watch.head.start if watch.head is not None else None
+        watch.release(self._held)
+        self.flows.decide(flow, verdict, rule)
+        if verdict == REJECT and stream_start is not None:
+            return self._reset_both(buf, start, length, pkt, rule, stream_start)
+        return self._act(buf, start, length, pkt, endpoint, forward, flow, verdict, rule)
+
+    def _act(
+        self,
+        buf: bytearray,
+        start: int,
+        length: int,
+        pkt: InnerPacket,
+        endpoint: bytes,
+        forward: bool,
+        flow: Flow,
+        verdict: int,
+        rule: int,
+    ) -> int | None:
+        """Carry out a verdict just reached, on the packet that reached it."""
+        if verdict == PASS_INSPECT:
+            return self._carry(
+                buf, start, pkt, self._policy.decide_packet(buf, pkt, endpoint, rule)
+            )
+        if verdict == INSPECTING:
+            return self._inspect(buf, start, length, pkt, endpoint, forward, flow)
+        if verdict == REJECT and flow.verdict == PER_QUERY:
+            return self._answer_query(buf, start, pkt, rule)
+        if verdict in UNDECIDED:  # cannot be: every name is known by now; let it be judged later
+            verdict = PASS_PLAIN
+        return self._apply(buf, start, length, verdict, rule)
+
+    def _inspect(
+        self,
+        buf: bytearray,
+        start: int,
+        length: int,
+        pkt: InnerPacket,
+        endpoint: bytes,
+        forward: bool,
+        flow: Flow,
+    ) -> int | None:
+        """A packet of a flow an inspector judges (inspection.py): its verdict for this packet,
+        and for the whole flow when it says so."""
+        inspector = self._policy.rules[flow.rule].inspector
+        view = Packet(
+            buf, pkt, endpoint, forward, flow.watch.names, flow.fwd_packets + flow.rev_packets
+        )
+        errors, overtime = inspector.errors, inspector.overtime
+        verdict, whole = inspector(view)  # never raises: on_error stands in (inspection.py)
+        c = self.counters
+        c[_INSPECT_ERRORS] += inspector.errors - errors
+        c[_INSPECT_OVERTIME] += inspector.overtime - overtime
+        if whole:
+            if verdict == PASS_PLAIN and self._policy.inspects(buf, pkt, endpoint, flow.rule):
+                verdict = PASS_INSPECT  # the packet rules before it still see its packets
+            self.flows.decide(flow, verdict, flow.rule)
+        return self._apply(buf, start, length, verdict, flow.rule)
+
+    def _answer_query(self, buf: bytearray, start: int, pkt: InnerPacket, rule: int) -> int | None:
+        """A refused DNS query over UDP: answered (policy.dns_reject_rcode) in its place."""
+        c = self.counters
+        c[_REJECTED] += 1
+        self._count_rule(rule)
+        now = time.monotonic_ns()
+        budget = self._budget
+        try:
+            answer = synthesize_answer(
+                bytes(buf[pkt.payload : pkt.end]), self._policy.name_settings["dns_reject_rcode"]
+            )
+        except ValueError:
+            answer = None  # no question to answer: an ICMP error instead
+        if answer is None:
+            end = self._reject(buf, start, pkt.end, rule, counted=True)
+            return None if end is None else end - start
+        if not budget.allow(now):
+            c[_REJECTS_SUPPRESSED] += 1
+            return None
+        end = write_dns_answer(buf, start, pkt, answer, ROOM)
+        c[_REJECTS_SENT if end is not None else _REJECTS_SUPPRESSED] += 1
+        return None if end is None else end - start
+
+    def _reset_both(
+        self, buf: bytearray, start: int, length: int, pkt: InnerPacket, rule: int, seq: int
+    ) -> int | None:
+        """A TCP flow refused by name: a RST to the client (in the packet's place) and one to
+        the server (answer.py), so that neither side waits; one reject against the ceiling."""
+        toward_server = reset_toward_server(buf, start, pkt, seq)  # before the slot is rewritten
+        end = self._reject(buf, start, start + length, rule)
+        if end is not None:
+            self.io.extra(self._starts.index(start), toward_server)
+        return None if end is None else end - start
+
+    def _flow_ended(self, flow: Flow) -> None:
+        flow.watch.release(self._held)
 
     def _apply(
         self, buf: bytearray, start: int, length: int, verdict: int, rule: int
@@ -424,13 +586,32 @@ class Worker:
         self._refuse(outcome, detail)
         return None
 
-    def _verdict(self, buf: bytearray, pkt: InnerPacket, endpoint: bytes) -> tuple[int, int]:
-        """A flow's verdict code (flowverdict.py) and deciding rule, from its first packet."""
-        decision = self._policy.decide_flow(buf, pkt, endpoint)
-        if decision.verdict is Verdict.DROP:
-            return DROP, decision.rule
-        if decision.verdict is Verdict.REJECT:
-            return REJECT, decision.rule
+    def _verdict(
+        self, buf: bytearray, pkt: InnerPacket, endpoint: bytes, names: Names
+    ) -> tuple[int, int]:
+        """A flow's verdict code (flowverdict.py) and deciding rule, from its first packet (or
+        the one that showed its name); each rule that decides is counted a hit, each audited
+        denial an audit hit."""
+        audited = self._audited
+        decision = self._policy.decide_flow(buf, pkt, endpoint, names, audited)
+        if audited:
+            c = self.counters
+            for index in audited:
+                c[_AUDITED] += 1
+                if index >= 0:
+                    c[_AUDIT_BASE + min(index, _MAX_RULES - 1)] += 1
+            audited.clear()
+        verdict, rule = decision.verdict, decision.rule
+        if verdict is Verdict.PENDING:
+            return (PER_QUERY if pkt.protocol == PROTO_UDP else PENDING), rule
+        if rule >= 0:
+            self.counters[_HIT_BASE + min(rule, _MAX_RULES - 1)] += 1
+        if verdict is Verdict.DROP:
+            return DROP, rule
+        if verdict is Verdict.REJECT:
+            return REJECT, rule
+        if verdict is Verdict.INSPECT:
+            return INSPECTING, rule
         inspect = self._policy.inspects(buf, pkt, endpoint, decision.rule)
         return (PASS_INSPECT if inspect else PASS_PLAIN), decision.rule
 
@@ -467,12 +648,16 @@ class Worker:
         else:
             self.counters[_RULE_BASE + rule if rule < _MAX_RULES else _RULE_LAST] += 1
 
-    def _reject(self, buffer: bytearray, start: int, end: int, rule: int) -> int | None:
-        """Count a reject and turn the datagram into the answer to its sender: its new end, or
-        None when nothing is sent (nothing may answer it, or the ceiling was reached)."""
+    def _reject(
+        self, buffer: bytearray, start: int, end: int, rule: int, counted: bool = False
+    ) -> int | None:
+        """Count a reject (unless `counted`) and turn the datagram into the answer to its
+        sender: its new end, or None when nothing is sent (nothing may answer it, or the
+        ceiling was reached)."""
         c = self.counters
-        c[_REJECTED] += 1
-        self._count_rule(rule)
+        if not counted:
+            c[_REJECTED] += 1
+            self._count_rule(rule)
         budget, now = self._budget, time.monotonic_ns()
         if budget.spent(now):  # over the ceiling: not even worth parsing (a reject flood)
             c[_REJECTS_SUPPRESSED] += 1

@@ -10,14 +10,17 @@ import grp
 import ipaddress
 import re
 import tomllib
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from appliance.conditions import ICMPS, REGISTRY, Condition, contradiction
+from appliance.inspection import Inspector, load_inspector
 from appliance.policy import (
     DEFAULTS,
     FLOW_DEFAULTS,
+    NAME_DEFAULTS,
     REJECTS_PER_SECOND,
     REWRITABLE_PROTOCOLS,
     Action,
@@ -37,6 +40,23 @@ from config.schema import (
 
 Path_ = tuple[str | int, ...]
 # [policy] keys of the flow table's timeouts, and FlowTable's names for them
+MODES = ("enforce", "audit")
+RULE_KEYS = frozenset(
+    {
+        "name",
+        "action",
+        "match",
+        "find",
+        "replace",
+        "every",
+        "mode",
+        "inspector",
+        "on_error",
+        "budget_us",
+    }
+)
+NAME_SETTINGS = ("name_bytes", "name_packets", "dns_reject")
+DNS_REJECT_RCODES = {"refused": 5, "nxdomain": 3}
 FLOW_TIMEOUTS = {
     "flow_timeout_tcp_s": "tcp_timeout_s",
     "flow_timeout_other_s": "other_timeout_s",
@@ -128,14 +148,17 @@ class _Reader:
             raise self.fail(where, f"must be an absolute path, not {value!r}")
         return Path(value)
 
-    def seconds(self, table: dict[str, Any], where: Path_, default: float) -> float:
+    def seconds(self, table: dict[str, Any], where: Path_, default: float, also: str = "") -> float:
+        """A number of seconds from 0.1 to 3600; `also` names what else the key allows."""
         value = table.get(str(where[-1]), default)
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not 0.1 <= value <= 3600
         ):
-            raise self.fail(where, f"must be a number of seconds from 0.1 to 3600, not {value!r}")
+            raise self.fail(
+                where, f"must be {also}a number of seconds from 0.1 to 3600, not {value!r}"
+            )
         return float(value)
 
     def interface(self, data: dict[str, Any]) -> InterfaceConfig:
@@ -246,7 +269,16 @@ class _Reader:
         t = self.table(
             data,
             where,
-            {"enabled", "bind", "port", "min_workers", "staleness_s", "nice", "slice_us"},
+            {
+                "enabled",
+                "bind",
+                "port",
+                "min_workers",
+                "staleness_s",
+                "overflow_unready_s",
+                "nice",
+                "slice_us",
+            },
         )
         enabled = t.get("enabled", True)
         if not isinstance(enabled, bool):
@@ -258,12 +290,16 @@ class _Reader:
                 (*where, "min_workers"),
                 f"must be a whole count from 1 or a fraction in (0, 1), not {minimum!r}",
             )
+        overflow = t.get("overflow_unready_s", 10)
+        if overflow != 0 or isinstance(overflow, bool):  # 0 turns the check off
+            overflow = self.seconds(t, (*where, "overflow_unready_s"), 10.0, "0 (off) or ")
         return HealthConfig(
             enabled=enabled,
             bind=self.address(t, (*where, "bind"), "0.0.0.0"),
             port=self.integer(t, (*where, "port"), 80, 1, 65535),
             min_workers=float(minimum),
             staleness_s=self.seconds(t, (*where, "staleness_s"), 3.0),
+            overflow_unready_s=float(overflow),
             nice=self.integer(t, (*where, "nice"), 10, 0, 19),
             slice_us=self.integer(t, (*where, "slice_us"), 100, 0, 100_000),
         )
@@ -272,8 +308,18 @@ class _Reader:
         policy = self.table(
             data,
             ("policy",),
-            {"rules", "default", "reject_per_second", "max_flows", "track_flows", *FLOW_TIMEOUTS},
+            {
+                "rules",
+                "default",
+                "mode",
+                "reject_per_second",
+                "max_flows",
+                "track_flows",
+                *FLOW_TIMEOUTS,
+                *NAME_SETTINGS,
+            },
         )
+        audit = self.choice(policy, ("policy", "mode"), "enforce", MODES) == "audit"
         default = self.choice(policy, ("policy", "default"), "pass", tuple(DEFAULTS))
         per_second = self.integer(
             policy, ("policy", "reject_per_second"), REJECTS_PER_SECOND, 0, 1_000_000
@@ -294,16 +340,26 @@ class _Reader:
         track = policy.get("track_flows", False)
         if not isinstance(track, bool):
             raise self.fail(("policy", "track_flows"), f"must be true or false, not {track!r}")
-        return Policy(compiled, DEFAULTS[default], per_second, flows, track)
+        settings = {
+            "name_bytes": self.integer(
+                policy, ("policy", "name_bytes"), NAME_DEFAULTS["name_bytes"], 512, 1 << 20
+            ),
+            "name_packets": self.integer(
+                policy, ("policy", "name_packets"), NAME_DEFAULTS["name_packets"], 1, 1000
+            ),
+            "dns_reject_rcode": DNS_REJECT_RCODES[
+                self.choice(policy, ("policy", "dns_reject"), "refused", tuple(DNS_REJECT_RCODES))
+            ],
+        }
+        return Policy(compiled, DEFAULTS[default], per_second, flows, track, audit, settings)
 
     def rule(self, raw: Any, where: Path_) -> Rule:
         if not isinstance(raw, dict):
             raise self.fail(where, "must be a table")
         for key in raw:
-            if key not in {"name", "action", "match", "find", "replace", "every"}:
-                raise self.fail(
-                    (*where, key), "unknown key (known: action, every, find, match, name, replace)"
-                )
+            if key not in RULE_KEYS:
+                known = ", ".join(sorted(RULE_KEYS))
+                raise self.fail((*where, key), f"unknown key (known: {known})")
         name = raw.get("name", f"rule{where[-1]}")
         if not isinstance(name, str) or not name:
             raise self.fail((*where, "name"), "must be a non-empty string")
@@ -315,7 +371,13 @@ class _Reader:
                 (*where, "action"), f"unknown action {raw.get('action')!r} (one of {choices})"
             ) from None
         match = self.match(raw.get("match", {}), (*where, "match"))
-        rule = Rule(name=name, action=action, match=match)
+        audit = self.choice(raw, (*where, "mode"), "enforce", MODES) == "audit"
+        rule = Rule(name=name, action=action, match=match, audit=audit)
+        if action is Action.INSPECT:
+            return self.inspect_rule(raw, where, rule)
+        for key in ("inspector", "on_error", "budget_us"):
+            if key in raw:
+                raise self.fail((*where, key), f"only for action 'inspect', not {action.value!r}")
         if action is Action.REPLACE:
             return self.replace_rule(raw, where, rule)
         if action is Action.DROP_SEQ_MULTIPLE:
@@ -330,6 +392,23 @@ class _Reader:
             if key in raw:
                 raise self.fail((*where, key), f"not used by action {action.value!r}")
         return rule
+
+    def inspect_rule(self, raw: dict[str, Any], where: Path_, rule: Rule) -> Rule:
+        """An inspector written in Python (appliance/inspection.py), imported now: a module
+        that does not import is refused here, with the reason, like any bad key."""
+        spec = raw.get("inspector")
+        if not isinstance(spec, str):
+            raise self.fail(
+                (*where, "inspector"), 'inspect needs inspector = "package.module:function"'
+            )
+        on_error = self.choice(raw, (*where, "on_error"), "pass", ("pass", "drop"))
+        budget_us = self.integer(raw, (*where, "budget_us"), 1000, 1, 1_000_000)
+        try:
+            function = load_inspector(spec, reload=True)
+        except ValueError as error:
+            raise self.fail((*where, "inspector"), str(error)) from None
+        inspector = Inspector(function, spec, budget_us * 1000, on_error)
+        return replace(rule, inspector=inspector)
 
     def replace_rule(self, raw: dict[str, Any], where: Path_, rule: Rule) -> Rule:
         allowed = rule.protocols()

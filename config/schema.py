@@ -36,6 +36,7 @@ class HealthConfig:
     port: int = 80
     min_workers: float = 1.0  # a count (>= 1) or a fraction of the workers (< 1)
     staleness_s: float = 3.0  # heartbeats older than this do not count as alive
+    overflow_unready_s: float = 10.0  # a worker's receive-buffer drops rising this long: 503; 0 off
     nice: int = 10  # CPU priority below the workers': a probe flood must not slow the data path
     slice_us: int = 100  # its time slice (Linux 6.12+), so a woken worker waits little: schedattr
 

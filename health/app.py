@@ -2,6 +2,8 @@
 
 `create_app(reader, policy)` takes its collaborators as arguments (Flask's app factory pattern):
 tests pass a fake reader and use `app.test_client()`; gunicorn runs the real one (health.wsgi).
+Every snapshot a probe or /status reads is also an observation of the workers' receive-buffer
+drops (health.overflow), so the verdict can say when they keep rising.
 """
 
 from __future__ import annotations
@@ -15,22 +17,27 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.counters import total
 from health.metrics import registry_for
+from health.overflow import OverflowWatch
 from health.reader import Snapshot, StatsReader
 from health.verdict import HealthPolicy, assess
 
 JSON = "application/json"
 
 
-def create_app(reader: StatsReader, policy: HealthPolicy | None = None) -> Flask:
+def create_app(
+    reader: StatsReader, policy: HealthPolicy | None = None, watch: OverflowWatch | None = None
+) -> Flask:
+    """`watch`: a test's, with its own clock; by default one over the policy's bound."""
     app = Flask("gwlb_health")
     rules = policy or HealthPolicy()
     registry = registry_for(reader)
+    overflow = watch or OverflowWatch(rules.overflow_unready_s)
 
     @app.get("/")
     @app.get("/health")
     def health() -> Response:
         snap = reader.snapshot()
-        verdict = assess(snap, rules)
+        verdict = assess(snap, rules, overflow.observe(snap))
         body = {
             "status": "ok" if verdict.healthy else "unhealthy",
             "reason": verdict.reason,
@@ -52,7 +59,7 @@ def create_app(reader: StatsReader, policy: HealthPolicy | None = None) -> Flask
     @app.get("/status")
     def status() -> Response:
         snap = reader.snapshot()
-        verdict = assess(snap, rules)
+        verdict = assess(snap, rules, overflow.observe(snap))
         return _json({"health": asdict(verdict), **_status(snap)}, 200)
 
     @app.get("/metrics")

@@ -21,6 +21,8 @@ GAUGES = frozenset({"flows_active"})
 _BREAKDOWNS = {
     "malformed_by_reason": ("malformed_by_reason", "reason"),
     "dropped_by_rule": ("dropped_by_rule", "rule"),
+    "hits_by_rule": ("hits_by_rule", "rule"),
+    "audited_by_rule": ("audited_by_rule", "rule"),
     "send_errors_by_errno": ("send_errors_by_errno", "errno"),
 }
 

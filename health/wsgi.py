@@ -18,6 +18,7 @@ from health.verdict import HealthPolicy
 ENV_RUNTIME_DIR = "GWLB_RUNTIME_DIR"
 ENV_MIN_WORKERS = "GWLB_HEALTH_MIN_WORKERS"
 ENV_STALENESS_S = "GWLB_HEALTH_STALENESS_S"
+ENV_OVERFLOW_UNREADY_S = "GWLB_HEALTH_OVERFLOW_UNREADY_S"
 
 
 def from_environment() -> Flask:
@@ -25,5 +26,6 @@ def from_environment() -> Flask:
     policy = HealthPolicy(
         min_workers=float(os.environ.get(ENV_MIN_WORKERS, "1")),
         staleness_s=float(os.environ.get(ENV_STALENESS_S, "3")),
+        overflow_unready_s=float(os.environ.get(ENV_OVERFLOW_UNREADY_S, "10")),
     )
     return create_app(TableReader(runtime), policy)

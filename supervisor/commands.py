@@ -153,6 +153,8 @@ class Commands:
                     "packets_in": counters.get("received", 0),
                     "packets_out": counters.get("sent", 0),
                     "drops": sum(int(counters.get(name, 0)) for name in _DROPS),  # type: ignore[call-overload]
+                    # the kernel's, before the worker saw them: its socket's buffer was full
+                    "rx_buffer_drops": counters.get("rx_buffer_drops", 0),
                     "last_exit": slot.last_exit or None,
                 }
             )

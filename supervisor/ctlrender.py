@@ -63,7 +63,10 @@ def render_status(reply: dict[str, Any]) -> str:
         f"last reload: {sup['last_reload']['detail']}",
         *(f"interface: {fact}" for fact in sup.get("interfaces", [])),
     ]
-    header = ("SLOT", "PID", "CPU", "STATE", "UPTIME", "RESTARTS", "IN", "OUT", "DROPS")
+    header = (
+        *("SLOT", "PID", "CPU", "STATE", "UPTIME", "RESTARTS", "IN", "OUT", "DROPS"),
+        "RCVBUF_DROPS",  # the kernel dropped them: the worker's socket buffer was full
+    )
     rows = [
         (
             w["slot"],
@@ -75,10 +78,11 @@ def render_status(reply: dict[str, Any]) -> str:
             w["packets_in"],
             w["packets_out"],
             w["drops"],
+            w.get("rx_buffer_drops", "-"),  # "-": a daemon from before it was counted
         )
         for w in reply["workers"]
     ]
-    lines += table(header, rows, ">>><>>>>>")
+    lines += table(header, rows, ">>><>>>>>>")
     health = reply.get("health")
     if health:
         lines.append(
@@ -117,7 +121,19 @@ NO_FLOWS = (
 
 def render_flows(reply: dict[str, Any]) -> str:
     """One line per flow, the side that opened it first; then what was left out, if anything."""
-    header = ("SLOT", "ENDPOINT", "PROTO", "FROM", "TO", "AGE", "IDLE", "PKTS", "BYTES", "VERDICT")
+    header = (
+        "SLOT",
+        "ENDPOINT",
+        "PROTO",
+        "FROM",
+        "TO",
+        "AGE",
+        "IDLE",
+        "PKTS",
+        "BYTES",
+        "VERDICT",
+        "NAME",
+    )
     rows = []
     for f in reply["flows"]:
         rows.append(
@@ -132,9 +148,10 @@ def render_flows(reply: dict[str, Any]) -> str:
                 f"{f['packets_out']}/{f['packets_in']}",
                 f"{f['bytes_out']}/{f['bytes_in']}",
                 f["verdict"] + (f" ({f['rule']})" if f.get("rule") else ""),
+                f.get("name") or "",
             )
         )
-    lines = table(header, rows, "><<<<>>>><") if rows else [NO_FLOWS]
+    lines = table(header, rows, "><<<<>>>><<") if rows else [NO_FLOWS]
     for note in reply.get("notes", []):
         lines.append(str(note))
     return "\n".join(lines)

@@ -105,6 +105,7 @@ def _record(slot: int, r: Any, verdict: str, names: tuple[str, ...]) -> dict[str
         "bytes_in": r.rev_bytes,
         "verdict": verdict,
         "rule": rule,
+        "name": r.name,
     }
 
 

@@ -89,6 +89,7 @@ class HealthService:
             "GWLB_HEALTH_BIND": self.bind,
             "GWLB_HEALTH_MIN_WORKERS": repr(health.min_workers),
             "GWLB_HEALTH_STALENESS_S": repr(health.staleness_s),
+            "GWLB_HEALTH_OVERFLOW_UNREADY_S": repr(health.overflow_unready_s),
         }
 
     def evict_previous(self) -> None:

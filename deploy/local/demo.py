@@ -10,9 +10,12 @@ were answered, the emulator's report and the appliance's stderr, and removes eve
 With the appliance's demo policy, a should get `test` and `strongly typed programming language`
 (never `drop me`) and pings 5 and 10 go unanswered. Then a firewall scene (firewall_scene.py):
 rules that reject TCP 23 and UDP 514, so from b `nc -z a 23` is refused in milliseconds while
-`nc -z a 8080` connects, and a UDP datagram to 514 brings back an ICMP error. With the trivial
-reflector (--appliance-cmd "python3 deploy/local/trivial_reflector.py") everything arrives
-unchanged, and the firewall scene is left out.
+`nc -z a 8080` connects, and a UDP datagram to 514 brings back an ICMP error. Then egress by
+name (names_scene.py): `openssl s_client -servername allowed.example` completes its handshake
+with a TLS server in a, `-servername denied.example` is reset at once, and a DNS query for
+ads.tracker.example is answered REFUSED by the appliance. With the trivial reflector
+(--appliance-cmd "python3 deploy/local/trivial_reflector.py") everything arrives unchanged, and
+the firewall and names scenes are left out.
 The exit status is 0 when the run completed, whatever it showed; 130 after Ctrl-C, which stops
 the run and still removes everything it made.
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import firewall_scene
+import names_scene
 from testbed import (
     EmulatorHandle,
     LineReader,
@@ -62,7 +66,8 @@ def appliance_argv(cmd: list[str], workdir: Path) -> list[str]:
     config = workdir / "applianced.toml"
     text = DEFAULT_CONFIG.read_text()
     text = text.replace('# dir = "/run/gwlb-appliance"', f'dir = "{workdir / "run"}"')
-    config.write_text(text + firewall_scene.RULES)  # the demo's rules, then the scene's rejects
+    # The demo's rules, then the scenes' rejects, by port and by name.
+    config.write_text(text + firewall_scene.RULES + names_scene.RULES)
     return [*cmd, "--config", str(config)]
 
 
@@ -206,6 +211,9 @@ def run_demo(appliance_cmd: list[str], health_port: int | None) -> int:
             for version in (4, 6):
                 print(f"\n=== firewall, IPv{version}: rules that reject ===")
                 firewall_scene.run_scene(tb, version)
+            for version in (4, 6):
+                print(f"\n=== egress by name, IPv{version}: TLS server names and DNS ===")
+                names_scene.run_scene(tb, version)
             print("\n=== appliancectl flows: what the workers track now ===")
             print(firewall_scene.flows_table(appliance_cmd[0], workdir / "run"))
         report = emulator.finish()

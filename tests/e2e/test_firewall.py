@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from appliance_proc import DEFAULT_CONFIG, Appliance, ctl
+from appliance_proc import ctl, with_rules
 from firewall_scene import CONNECT_TIMEOUT_S, RULES, Attempt, run_scene
 from testbed import EmulatorHandle, Testbed
 
@@ -21,13 +21,7 @@ def test_rejected_connections_fail_at_once_and_allowed_ones_connect(
     start_emulator: Callable[..., EmulatorHandle],
     version: int,
 ) -> None:
-    runtime = tmp_path / "run-app1"
-    text = (
-        DEFAULT_CONFIG.read_text()
-        .replace("# dir = ", "dir = ")
-        .replace('"/run/gwlb-appliance"', f'"{runtime}"', 1)
-    )
-    appliance = Appliance(testbed, 1, tmp_path, config=text + RULES)
+    appliance, runtime = with_rules(testbed, tmp_path, RULES)
     emulator = start_emulator(testbed)
     found = run_scene(testbed, version)
     code, listing = ctl(runtime, "flows", "--port", "23")

@@ -57,11 +57,18 @@ def test_default_config_values():
     assert config.dataplane.batch_size == 128
     assert (config.health.bind, config.health.port) == ("0.0.0.0", 80)
     assert (config.health.nice, config.health.slice_us) == (10, 100)
+    assert config.health.overflow_unready_s == parse_config("").health.overflow_unready_s == 10
     assert config.workers.count is None  # "auto": one per CPU
     assert config.runtime_dir == Path("/run/gwlb-appliance")
     # The host is left alone unless the config asks (the AMI's does): no surprise on a laptop.
     assert config.interface.manage is False
     assert parse_config("").interface.manage is False
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("0.0", 0.0), ("1", 1.0), ("2.5", 2.5)])
+def test_the_overflow_bound_may_be_off_or_seconds(value, seconds):
+    config = parse_config(f"[health]\noverflow_unready_s = {value}\n")
+    assert config.health.overflow_unready_s == seconds
 
 
 def test_empty_file_means_defaults_and_no_rules(tmp_path):
@@ -191,6 +198,20 @@ BROKEN = [
         "health.slice_us",
         "slice_us = 200000",
         "must be an integer from 0 to 100000, not 200000",
+    ),
+    (
+        "health-overflow-negative",
+        "[health]\nstaleness_s = 3\noverflow_unready_s = -1\n",
+        "health.overflow_unready_s",
+        "overflow_unready_s = -1",
+        "must be 0 (off) or a number of seconds from 0.1 to 3600, not -1",
+    ),
+    (
+        "health-overflow-not-a-number",
+        '[health]\noverflow_unready_s = "10s"\n',
+        "health.overflow_unready_s",
+        "overflow_unready_s",
+        "not '10s'",
     ),
     (
         "typo-in-table",
@@ -341,6 +362,62 @@ BROKEN = [
         "fraction",
     ),
     ("control-mode", '[control]\nmode = "777x"\n', "control.mode", "mode", "octal"),
+    (
+        "name-wildcard-over-public-suffix",
+        '[[policy.rules]]\naction = "pass"\nmatch = { tls_sni = ["github.com", "*.co.uk"] }\n',
+        "policy.rules[0].match.tls_sni",
+        "tls_sni",
+        "public suffix",
+    ),
+    (
+        "name-not-a-name",
+        '[[policy.rules]]\naction = "drop"\nmatch = { http_host = ["exa mple.com"] }\n',
+        "policy.rules[0].match.http_host",
+        "http_host",
+        "exa mple.com",
+    ),
+    (
+        "policy-mode",
+        '[policy]\nmode = "learn"\n',
+        "policy.mode",
+        "mode",
+        "enforce",
+    ),
+    (
+        "rule-mode",
+        '[[policy.rules]]\naction = "drop"\nmode = "warn"\n',
+        "policy.rules[0].mode",
+        "mode",
+        "audit",
+    ),
+    (
+        "inspector-for-a-drop",
+        '[[policy.rules]]\naction = "drop"\ninspector = "a:b"\n',
+        "policy.rules[0].inspector",
+        "inspector",
+        "only for action 'inspect'",
+    ),
+    (
+        "inspect-without-inspector",
+        '[[policy.rules]]\naction = "inspect"\n',
+        "policy.rules[0].inspector",
+        "[[policy.rules]]",  # a missing key: the table that misses it
+        "package.module:function",
+    ),
+    (
+        "dns-reject",
+        '[policy]\ndns_reject = "servfail"\n',
+        "policy.dns_reject",
+        "dns_reject",
+        "refused",
+    ),
+    (
+        "name-packets-zero",
+        "[policy]\nname_packets = 0\n",
+        "policy.name_packets",
+        "name_packets",
+        "not 0",
+    ),
     (
         "heartbeat-timeout",
         "[workers]\nheartbeat_timeout_s = 0\n",

@@ -103,6 +103,7 @@ def worker(
     restarts: int = 0,
     last_exit: str | None = None,
     packets: int = 0,
+    rx_buffer_drops: int = 0,
 ) -> dict[str, Any]:
     return {
         "slot": slot,
@@ -116,6 +117,7 @@ def worker(
         "packets_in": packets,
         "packets_out": packets,
         "drops": 0,
+        "rx_buffer_drops": rx_buffer_drops,
         "last_exit": last_exit,
     }
 
@@ -566,7 +568,7 @@ def test_status_columns_line_up_with_big_numbers(
 ) -> None:
     workers = [
         worker(0, "RUNNING", 4_194_303, packets=123_456_789_012_345),
-        worker(1, "FATAL", None),
+        worker(1, "FATAL", None, rx_buffer_drops=98_765_432_109_876),
     ]
     daemon = start_daemon(scripted(workers))
     code, out, _ = run(capsys, "--socket", str(daemon.path), "status")
@@ -574,7 +576,7 @@ def test_status_columns_line_up_with_big_numbers(
     header = next(line for line in out.splitlines() if line.lstrip().startswith("SLOT"))
     rows = [line for line in out.splitlines() if re.match(r"\s*\d+\s", line)]
     assert len(rows) == 2
-    columns_line_up(rows, header, ["SLOT", "PID", "CPU", "DROPS"])
+    columns_line_up(rows, header, ["SLOT", "PID", "CPU", "DROPS", "RCVBUF_DROPS"])
 
 
 def test_drain_says_yes_as_status_does(

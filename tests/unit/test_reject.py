@@ -78,7 +78,7 @@ def dissect(inner: bytes) -> Offending:
         return Offending(4, ip.proto, ip.ihl * 4, ip.frag > 0, frag_first, False, ip.src, ip.dst)
     ip6 = IPv6(inner)
     nh, at, later, first, routed = ip6.nh, 40, False, False, False
-    while nh in (0, 43, 44, 51, 60):  # RFC 8200 §4 extension headers, walked by hand
+    while nh in (0, 43, 44, 51, 60, 135, 139, 140):  # RFC 8200 §4, RFC 7045: walked by hand
         if nh == 44:
             offset, more = int.from_bytes(inner[at + 2 : at + 4], "big") >> 3, inner[at + 3] & 1
             later, first, size = offset > 0, offset == 0 and more == 1, 8
@@ -88,6 +88,8 @@ def dissect(inner: bytes) -> Offending:
             routed |= nh == 43 and inner[at + 3] > 0
             size = (inner[at + 1] + 1) * 8
         nh, at = inner[at], at + size
+        if later:
+            break  # what follows a later fragment's header is data, not another header
     return Offending(6, nh, at, later, first, routed, ip6.src, ip6.dst)
 
 

@@ -32,7 +32,7 @@ from appliance.counters import Counter, new_counters, snapshot
 from appliance.datapath import Outcome, handle_datagram
 from appliance.geneve import GENEVE_PORT
 from appliance.policy import Policy
-from appliance.sockets import IP_PKTINFO
+from appliance.sockets import IP_PKTINFO, SO_RXQ_OVFL
 from appliance.sources import SourceFilter
 from appliance.worker import Worker
 from config.loader import default_config_path, parse_config
@@ -98,7 +98,10 @@ class FakeIO:
         self.replies = [NO_REPLY] * size
         self.inbox: list[list[Datagram]] = []  # batches that receive() will hand out, in order
         self.sent: list[Reply] = []
+        self.extras: list[tuple[int, bytes]] = []
+        self.sent_extra: list[Reply] = []  # extras, in the order flush sent them
         self.refuse: dict[int, int] = {}  # datagram index -> errno the "kernel" answers with
+        self.rx_dropped = 0  # what the "kernel" dropped for a full receive buffer, so far
         self._batch: list[Datagram] = []
 
     def lay(self, datagrams: list[Datagram]) -> int:
@@ -124,8 +127,15 @@ class FakeIO:
     def destinations(self, n: int) -> tuple[int, ...]:
         return tuple(ip(d.local) for d in self._batch[:n])
 
+    def extra(self, i: int, datagram: bytes) -> None:
+        self.extras.append((i, datagram))
+
     def flush(self, n: int) -> tuple[int, list[int]]:
         sent, failures = 0, []
+        for i, datagram in self.extras:  # after the replies, as the socket backend sends them
+            d = self._batch[i]
+            self.sent_extra.append(Reply(i, datagram, d.port, ip(d.peer), ip(d.local)))
+        self.extras.clear()
         for i, start in enumerate(self.starts(n)):
             length, self.replies[i] = self.replies[i], NO_REPLY
             if length == NO_REPLY:
@@ -158,6 +168,7 @@ def expected_counters(**values: object) -> dict[str, object]:
         c.name.lower(): 0 for c in Counter if c.name.lower() not in FLOW_COUNTERS
     }
     out.update(malformed_by_reason={}, dropped_by_rule={}, send_errors_by_errno={})
+    out.update(hits_by_rule={}, audited_by_rule={})
     out.update(values)
     return out
 
@@ -492,12 +503,14 @@ def test_a_short_inner_ipv4_packet_is_malformed_whatever_follows_it(default_poli
 @pytest.fixture
 def loopback():
     """(data socket, "GWLB" socket, reply socket): the data socket as the supervisor opens it
-    (IP_PKTINFO, a receive timeout), on 127.0.0.1; replies go out through a UDP socket."""
+    (IP_PKTINFO, SO_RXQ_OVFL, a receive timeout), on 127.0.0.1; replies go out through a UDP
+    socket. (tests/unit/test_batchio_drops.py makes the kernel drop datagrams.)"""
     data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     gwlb_node = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         data.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        data.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 1, 0))
         data.bind(("127.0.0.1", 0))
         gwlb_node.bind(("127.0.0.1", 0))
@@ -539,6 +552,24 @@ def test_the_socket_backend_sends_each_queued_reply_to_its_sender(gwlb, loopback
         expected_reply(sent[2], port),
         expected_reply(sent[3][:5], port),
     ]
+
+
+def test_an_extra_datagram_goes_to_the_sender_as_a_reply_does(gwlb, loopback):
+    """BatchIO.extra (the reset toward a server, answer.py): after the batch's replies, with the
+    same outer header a reply to that datagram would have."""
+    data, gwlb_node, out = loopback
+    io = SocketBatchIO(data, out, 8)
+    sent = [wrap(raw(gwlb.udp4(b"#%d" % k, dport=53))) for k in range(2)]
+    for d in sent:
+        gwlb_node.sendto(d, data.getsockname())
+    assert io.receive() == 2
+    port = gwlb_node.getsockname()[1]
+    io.replies[0] = len(sent[0])
+    io.extra(1, b"extra geneve datagram")
+    assert io.flush(2) == (2, [])
+    got = [gwlb_node.recv(65536) for _ in range(2)]
+    assert got == [expected_reply(sent[0], port), expected_reply(b"extra geneve datagram", port)]
+    assert io.flush(2) == (0, [])  # sent once
 
 
 def test_the_socket_backend_lines_messages_up_again_for_the_next_batch(gwlb, loopback):
@@ -609,3 +640,16 @@ def test_a_dropped_batch_frees_its_memory():
     finally:
         tracemalloc.stop()
     assert grown < 64 * SLOT_BYTES, grown  # less than one batch's arena
+
+
+def test_the_worker_publishes_its_sockets_receive_buffer_drops(gwlb, default_policy):
+    """The backend's count as it stands after each batch (set, not added: batchio.py)."""
+    io = FakeIO()
+    worker = worker_over(io, default_policy)
+    io.rx_dropped = 1234
+    worker.process(io.lay([Datagram(wrap(raw(gwlb.udp4(b"x", dport=53))))]))
+    worker.flush()
+    assert counted(worker)["rx_buffer_drops"] == 1234
+    io.rx_dropped = 1300
+    worker.process(io.lay([Datagram(wrap(raw(gwlb.udp4(b"y", dport=53))))]))
+    assert counted(worker)["rx_buffer_drops"] == 1300

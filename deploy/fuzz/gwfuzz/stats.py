@@ -19,7 +19,8 @@ from typing import Any
 
 MAGIC = int.from_bytes(b"GWLBSTAT", "little")
 HEADER_WORDS, SLOT_META_WORDS = 16, 8
-TABLE_VERSION = 2  # version 2 added counters after the ones read here, which did not move
+# Versions 2 and 3 added counters after the ones read here, which did not move.
+TABLE_VERSIONS = (2, 3)
 H_VERSION, H_SLOTS, H_SLOT_WORDS, H_READY = 1, 2, 3, 8
 S_PID, S_RESTARTS = 0, 3
 COUNTERS = (
@@ -77,8 +78,8 @@ class StatsTable:
             self._map = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         self.words = memoryview(self._map).cast("Q")
         header = self.words[:HEADER_WORDS]
-        if header[0] != MAGIC or header[H_VERSION] != TABLE_VERSION:
-            raise ValueError(f"{runtime}/stats.bin: not a version {TABLE_VERSION} stats table")
+        if header[0] != MAGIC or header[H_VERSION] not in TABLE_VERSIONS:
+            raise ValueError(f"{runtime}/stats.bin: not a version {TABLE_VERSIONS} stats table")
         self.slots, self.slot_words = int(header[H_SLOTS]), int(header[H_SLOT_WORDS])
 
     def close(self) -> None:
