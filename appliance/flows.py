@@ -241,7 +241,7 @@ class FlowTable:
         self._turn = 0  # the wheel the next sweep starts with
         self._clean_at: int | None = None  # a time at which no wheel had anything due left
         self._by_key: dict[FlowKey, Flow] = {}
-        self._get = self._by_key.get
+        self._get = self.lookup = self._by_key.get  # lookup: the flow filed under a key, if any
         # Told of each flow with a `watch` that leaves the table, whatever the way out, so the
         # owner of what the watch holds can take it back.
         self.on_end: Callable[[Flow], None] | None = None

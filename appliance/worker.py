@@ -219,6 +219,7 @@ class Worker:
         io, c, flows = self.io, self.counters, self.flows
         buffer, replies = io.buffer, io.replies
         classify, seen, judge = self._fast.classify, flows.seen, self._judge
+        get = flows.lookup
         generation, plain, inspect, skip = flows.generation, PASS_PLAIN, PASS_INSPECT, _SKIP
         decide_packet = self._policy.decide_packet
         stateless, policy, other = not self._policy.stateful, self._policy, self._other
@@ -291,6 +292,29 @@ class Worker:
                         replies[i] = answer
                     continue
                 key = endpoint + proto + ends
+                flow = get(key)
+                # A packet of a passed flow, going its flow's way or answering it once answered,
+                # with no FIN, SYN or RST: what FlowTable.seen does for it, inline (the call
+                # costs 0.08 us of its 0.78, worker_profile --track-flows); anything else is
+                # seen's to count. (Counting every verdict inline was slower for these.)
+                if (
+                    flow is not None
+                    and flow.verdict == plain
+                    and flow.generation == generation
+                    and now - flow.last_ns < flow.timeout_ns
+                    and not (proto == tcp_byte and tcp & 7)
+                    and (key == flow.key or flow.rev_packets)
+                ):
+                    if key == flow.key:
+                        flow.fwd_packets += 1
+                        flow.fwd_bytes += length - 40
+                    else:
+                        flow.rev_packets += 1
+                        flow.rev_bytes += length - 40
+                    flow.last_ns = now
+                    passed += 1
+                    replies[i] = length
+                    continue
                 flow = seen(key, now, length - 40, tcp if proto == tcp_byte else 0)
                 if flow is None or flow.generation != generation:
                     answer = judge(

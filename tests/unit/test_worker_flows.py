@@ -70,6 +70,23 @@ def test_a_flow_dropped_at_its_first_packet_stays_dropped_both_ways() -> None:
     assert snapshot(worker.counters, ("no-lab",))["dropped_by_rule"] == {"no-lab": 3}
 
 
+def test_each_direction_of_a_passed_flow_is_counted_as_itself() -> None:
+    """Packets and bytes each way, whichever path counts them (the loop's inline count for a
+    passed flow, FlowTable.seen for the rest: a reply's first packet, SYN, FIN)."""
+    io = FakeIO()
+    worker = worker_over(io, policy(DENY_LAB, default="pass"))
+    c, d = "10.0.0.5", "10.0.0.6"  # not the lab: the flow passes
+    out = [IP(src=c, dst=d) / TCP(sport=40000, dport=443, flags=f) / Raw(p) for f, p in
+           (("S", b""), ("A", b"a" * 10), ("PA", b"b" * 30), ("FA", b""))]  # fmt: skip
+    back = [IP(src=d, dst=c) / TCP(sport=443, dport=40000, flags=f) / Raw(p) for f, p in
+            (("SA", b""), ("A", b"c" * 7), ("A", b""))]  # fmt: skip
+    for packet in (out[0], back[0], out[1], back[1], out[2], back[2], out[3]):
+        assert answered(worker, io, gwlb(packet)) == [True]
+    (flow,) = set(worker.flows.flows())
+    assert (flow.fwd_packets, flow.fwd_bytes) == (4, sum(len(p) for p in out))
+    assert (flow.rev_packets, flow.rev_bytes) == (3, sum(len(p) for p in back))
+
+
 def test_the_same_addresses_under_two_endpoints_are_two_flows() -> None:
     io = FakeIO()
     worker = worker_over(
