@@ -43,6 +43,8 @@ class Counter(enum.IntEnum):
     AUDITED = 21  # denials passed in audit mode (per rule: AUDIT_BASE)
     INSPECT_ERRORS = 22  # inspector calls that raised or returned no result (on_error applied)
     INSPECT_OVERTIME = 23  # inspector calls over their rule's budget_us (on_error applied)
+    FLOWLOG_RECORDS = 28  # flow records the writer's socket took (appliance/flowlog.py)
+    FLOWLOG_DROPPED = 29  # flow records dropped: the writer behind, stopped or not running
 
 
 # What the worker refused to send back, for a one-number "drops" column.

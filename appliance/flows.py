@@ -242,9 +242,9 @@ class FlowTable:
         self._clean_at: int | None = None  # a time at which no wheel had anything due left
         self._by_key: dict[FlowKey, Flow] = {}
         self._get = self.lookup = self._by_key.get  # lookup: the flow filed under a key, if any
-        # Told of each flow with a `watch` that leaves the table, whatever the way out, so the
-        # owner of what the watch holds can take it back.
-        self.on_end: Callable[[Flow], None] | None = None
+        # Told of each flow that leaves the table, and whether it was evicted (else it expired:
+        # idle, or closed and lingered): for what its `watch` holds, and flow records.
+        self.on_end: Callable[[Flow, bool], None] | None = None
         self.active = 0
         self.created = 0
         self.expired = 0
@@ -377,7 +377,7 @@ class FlowTable:
             closing.file(flow, now_ns >> TICK_SHIFT)
         return flow
 
-    def _end(self, flow: Flow) -> None:
+    def _end(self, flow: Flow, evicted: bool = False) -> None:
         """Take `flow` out of the table (the caller counts why)."""
         if flow.wheel is not None:
             flow.wheel.unfile(flow)
@@ -385,8 +385,8 @@ class FlowTable:
         if flow.rkey is not flow.key:
             del self._by_key[flow.rkey]
         self.active -= 1
-        if flow.watch is not None and self.on_end is not None:
-            self.on_end(flow)
+        if self.on_end is not None:
+            self.on_end(flow, evicted)
 
     def _sweep(self, now_ns: int, budget: int) -> int:
         """Expire flows from buckets wholly past their wheel's timeout, re-filing the ones seen
@@ -432,7 +432,7 @@ class FlowTable:
                 )
                 assert victim is not None  # the table is full, so some wheel holds a flow
                 self.evicted_idle += 1
-            self._end(victim)
+            self._end(victim, evicted=True)
 
     def _oldest(self, wheels: tuple[_Wheel, ...]) -> Flow | None:
         """Take out the longest idle flow of `wheels` (to the tick), re-filing at most

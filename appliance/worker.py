@@ -49,6 +49,7 @@ from appliance.flowkey import (
     key_v6,
     tcp_flags,
 )
+from appliance.flowlog import FlowLog
 from appliance.flows import PROTOCOL_AT, Flow, FlowTable
 from appliance.flowverdict import (
     DROP,
@@ -88,6 +89,8 @@ _REJECTED, _REJECTS_SENT, _REJECTS_SUPPRESSED, _DEFAULT_DECIDED = (
     int(Counter.DEFAULT_DECIDED),
 )
 _HELD, _AUDITED = int(Counter.NAME_HELD), int(Counter.AUDITED)
+_FLOWLOG_RECORDS, _FLOWLOG_DROPPED = int(Counter.FLOWLOG_RECORDS), int(Counter.FLOWLOG_DROPPED)
+_DENIED = frozenset({DROP, REJECT})
 _INSPECT_ERRORS, _INSPECT_OVERTIME = int(Counter.INSPECT_ERRORS), int(Counter.INSPECT_OVERTIME)
 _HIT_BASE, _AUDIT_BASE = cnt.HIT_BASE, cnt.AUDIT_BASE
 _SETTLED = frozenset({PASS_PLAIN, DROP, REJECT})  # verdicts carried out without a parse
@@ -162,6 +165,8 @@ class Worker:
         self._pending = 0  # datagrams processed whose replies are not flushed yet
         self._starts: Sequence[int] = ()  # where the batch's datagrams start
         self._audited: list[int] = []  # decide_flow's audit hits, counted and cleared each time
+        self._last_audited: tuple[int, ...] = ()  # the last decision's, for its flow record
+        self.flowlog: FlowLog | None = None  # flow records, when the config keeps them
         self._freeze_at = 0  # when the flow table's objects are next moved out of the gc's way
 
     @property
@@ -181,6 +186,9 @@ class Worker:
             self._flow_settings: dict[str, float] = policy.flow_settings
         else:
             self.flows.generation += 1  # every flow is judged again by this policy, next packet
+        flowlog = getattr(self, "flowlog", None)
+        if flowlog is not None:  # records name the rules of the policy that decided them
+            flowlog.rule_names = tuple(rule.name for rule in policy.rules)
         rate = policy.reject_per_second
         budget = getattr(self, "_budget", None)
         if budget is None or budget.per_second != rate:
@@ -189,9 +197,11 @@ class Worker:
             self._budget = RejectBudget(rate, max(1, rate // 10), time.monotonic_ns())
 
     def run(self) -> None:
-        """Loop until `stopping` is set (by a signal handler); the batch in hand is finished."""
+        """Loop until `stopping` is set (by a signal handler); the batch in hand is finished, and
+        the flows still in the table get their records."""
         while not self.stopping:
             self.run_once()
+        self.close_flows()
 
     def run_once(self) -> int:
         """Receive one batch (waiting at most the socket timeout) and answer it; return its size."""
@@ -400,6 +410,9 @@ class Worker:
             # of it; gc.freeze costs ~2 us, and once a second bounds what a collection sees.
             gc.freeze()
             self._freeze_at = now + 1_000_000_000
+        if self.flowlog is not None:
+            self.flowlog.flush()
+            self._publish_flowlog()
         c[_FLOWS_ACTIVE] = flows.active
         c[_FLOWS_CREATED] = flows.created
         c[_FLOWS_EXPIRED] = flows.expired
@@ -449,6 +462,7 @@ class Worker:
                 flows.decide(flow, verdict, rule)
             if verdict in UNDECIDED and watch is None:
                 flow.watch = NameWatch(names)
+            self._decided(flow, now)
         verdict = flow.verdict
         if verdict == PASS_INSPECT:
             return self._carry(buf, start, pkt, policy.decide_packet(buf, pkt, endpoint, flow.rule))
@@ -492,6 +506,7 @@ class Worker:
         stream_start = watch.head.start if watch.head is not None else None
         watch.release(self._held)
         self.flows.decide(flow, verdict, rule)
+        self._decided(flow, time.monotonic_ns())
         if verdict == REJECT and stream_start is not None:
             return self._reset_both(buf, start, length, pkt, rule, stream_start)
         return self._act(buf, start, length, pkt, endpoint, forward, flow, verdict, rule)
@@ -546,6 +561,8 @@ class Worker:
             if verdict == PASS_PLAIN and self._policy.inspects(buf, pkt, endpoint, flow.rule):
                 verdict = PASS_INSPECT  # the packet rules before it still see its packets
             self.flows.decide(flow, verdict, flow.rule)
+            self._last_audited = ()
+            self._decided(flow, time.monotonic_ns())
         return self._apply(buf, start, length, verdict, flow.rule)
 
     def _answer_query(self, buf: bytearray, start: int, pkt: InnerPacket, rule: int) -> int | None:
@@ -582,8 +599,35 @@ class Worker:
             self.io.extra(self._starts.index(start), toward_server)
         return None if end is None else end - start
 
-    def _flow_ended(self, flow: Flow) -> None:
-        flow.watch.release(self._held)
+    def _flow_ended(self, flow: Flow, evicted: bool) -> None:
+        """A flow left the table: what its watch held is free; its record, when they are kept."""
+        if flow.watch is not None:
+            flow.watch.release(self._held)
+        if self.flowlog is not None:
+            reason = "evicted" if evicted else ("closed" if flow.closing else "idle")
+            self.flowlog.ended(flow, reason, time.monotonic_ns())
+
+    def _decided(self, flow: Flow, now: int) -> None:
+        """A flow's verdict was just reached: a record when it denies (or audit mode passed it)."""
+        if self.flowlog is not None and (flow.verdict in _DENIED or self._last_audited):
+            self.flowlog.denied(flow, now, self._last_audited)
+
+    def close_flows(self) -> None:
+        """The worker stops: a record of every flow it still has, sent now."""
+        if self.flowlog is None:
+            return
+        now = time.monotonic_ns()
+        for flow in self.flows.flows():
+            if flow.alive:
+                self.flowlog.ended(flow, "shutdown", now)
+        self.flowlog.flush()
+        self._publish_flowlog()
+
+    def _publish_flowlog(self) -> None:
+        flowlog, c = self.flowlog, self.counters
+        if flowlog is not None:
+            c[_FLOWLOG_RECORDS] = flowlog.sent
+            c[_FLOWLOG_DROPPED] = flowlog.dropped
 
     def _apply(
         self, buf: bytearray, start: int, length: int, verdict: int, rule: int
@@ -618,12 +662,14 @@ class Worker:
         denial an audit hit."""
         audited = self._audited
         decision = self._policy.decide_flow(buf, pkt, endpoint, names, audited)
+        self._last_audited = ()
         if audited:
             c = self.counters
             for index in audited:
                 c[_AUDITED] += 1
                 if index >= 0:
                     c[_AUDIT_BASE + min(index, _MAX_RULES - 1)] += 1
+            self._last_audited = tuple(audited)
             audited.clear()
         verdict, rule = decision.verdict, decision.rule
         if verdict is Verdict.PENDING:

@@ -33,6 +33,7 @@ from config.schema import (
     ApplianceConfig,
     ControlConfig,
     DataPlaneConfig,
+    FlowLogConfig,
     HealthConfig,
     InterfaceConfig,
     WorkersConfig,
@@ -128,7 +129,16 @@ class _Reader:
         self.table(
             data,
             (),
-            {"dataplane", "interface", "workers", "runtime", "health", "policy", "control"},
+            {
+                "dataplane",
+                "interface",
+                "workers",
+                "runtime",
+                "health",
+                "policy",
+                "control",
+                "flowlog",
+            },
         )
         runtime = self.table(data, ("runtime",), {"dir"})
         return ApplianceConfig(
@@ -138,8 +148,26 @@ class _Reader:
             interface=self.interface(data),
             workers=self.workers(data),
             control=self.control(data),
+            flowlog=self.flowlog(data),
             runtime_dir=self.path(runtime, ("runtime", "dir"), str(default_runtime_dir())),
             policy=self.policy(data),
+        )
+
+    def flowlog(self, data: dict[str, Any]) -> FlowLogConfig:
+        where: Path_ = ("flowlog",)
+        known = {"enabled", "destination", "path", "max_bytes", "keep", "sample_allowed"}
+        t = self.table(data, where, known)
+        enabled = t.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise self.fail((*where, "enabled"), f"must be true or false, not {enabled!r}")
+        default = FlowLogConfig()
+        return FlowLogConfig(
+            enabled=enabled,
+            destination=self.choice(t, (*where, "destination"), "file", ("file", "stdout")),
+            path=self.path(t, (*where, "path"), str(default.path)),
+            max_bytes=self.integer(t, (*where, "max_bytes"), default.max_bytes, 1 << 16, 1 << 40),
+            keep=self.integer(t, (*where, "keep"), default.keep, 0, 1000),
+            sample_allowed=self.integer(t, (*where, "sample_allowed"), 1, 1, 1_000_000),
         )
 
     def path(self, table: dict[str, Any], where: Path_, default: str) -> Path:

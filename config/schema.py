@@ -65,6 +65,18 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class FlowLogConfig:
+    """Flow records (appliance/flowlog.py): one JSON line per flow ended or denied."""
+
+    enabled: bool = False
+    destination: str = "file"  # or "stdout": the daemon's standard output (journald under systemd)
+    path: Path = Path("/var/log/gwlb-appliance/flows.log")
+    max_bytes: int = 100 << 20  # rotate once the file is this big
+    keep: int = 5  # rotated files kept: flows.log.1 ... flows.log.5
+    sample_allowed: int = 1  # 1 in N flows that passed is recorded; every denied one is
+
+
+@dataclass(frozen=True)
 class ApplianceConfig:
     source: str = field(metadata=NOT_A_KEY)  # the file it came from, for messages
     dataplane: DataPlaneConfig = field(default_factory=DataPlaneConfig)
@@ -72,9 +84,15 @@ class ApplianceConfig:
     interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    flowlog: FlowLogConfig = field(default_factory=FlowLogConfig)
     runtime_dir: Path = field(default=DEFAULT_RUNTIME_DIR, metadata={"key": "runtime.dir"})
     policy: Policy = field(default_factory=Policy, metadata=LIVE)
 
     @property
     def control_socket(self) -> Path:
         return self.control.socket or self.runtime_dir / "control.sock"
+
+    @property
+    def flowlog_socket(self) -> Path:
+        """Where the workers send flow records to the writer (supervisor/flowlogproc.py)."""
+        return self.runtime_dir / "flowlog.sock"

@@ -26,6 +26,7 @@ from config.schema import ApplianceConfig
 from supervisor.arbiter import EXIT_BOOT, Arbiter, Timing
 from supervisor.boot import build_plant
 from supervisor.commands import Commands
+from supervisor.flowlogproc import FlowLogService
 from supervisor.healthproc import HealthService
 from supervisor.logring import LogRing
 from supervisor.osapi import RealOs, describe_status
@@ -74,6 +75,7 @@ class Service:
         self.arbiter = Arbiter(self.table, cpus, RealOs(spawn), timing)
         self.health = HealthService(config, self.plant.log_write)
         self.health.evict_previous()
+        self.flowlog = FlowLogService(config, self.plant.log_write)
         self.commands = Commands(
             self.arbiter,
             self.table,
@@ -123,6 +125,7 @@ class Service:
         ready_announced = False
         if self.health.wanted:
             self.health.start(now_ns())  # it answers 503 "starting" until the workers run
+        self.flowlog.start(now_ns())  # before the workers: their first records find it
         while True:
             self._handle_signals()
             self.arbiter.tick()
@@ -136,12 +139,15 @@ class Service:
                 notify_systemd("READY=1")
                 log.info("all %d workers running", self.slots)
             self.table.header[H.SUPERVISOR_HEARTBEAT_NS] = now_ns()
-            if self.stopping and self.arbiter.all_stopped() and self.health.stopped():
-                break
+            if self.stopping and self.arbiter.all_stopped():
+                self.flowlog.stop(now_ns())  # after the workers' last records
+                if self.health.stopped() and self.flowlog.stopped():
+                    break
             for key, mask in self.plant.selector.select(TICK_S):
                 key.data(mask)
             self.plant.control.tick(now_ns())
         self._forward_worker_log()
+        self.flowlog.close()
         self.plant.close()
         log.info("stopped (exit status %d)", self.exit_code)
         return self.exit_code
@@ -173,8 +179,11 @@ class Service:
         for pid, status in self.arbiter.unclaimed:
             if pid == self.health.pid:
                 self.health.died(describe_status(status)[1], now)
+            elif pid == self.flowlog.pid:
+                self.flowlog.died(describe_status(status)[1], now)
         self.arbiter.unclaimed.clear()
         self.health.tick(now)
+        self.flowlog.tick(now)
 
     def _forward_worker_log(self) -> None:
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.errors import BootError
+from appliance.flowlog import FlowLog
 from appliance.sockets import open_raw_socket
 from appliance.sources import SourceFilter
 from appliance.stats import H, S, StatsTable, now_ns
@@ -139,6 +140,10 @@ def boot(slot: int, context: WorkerContext) -> Worker:
         _sources(context.config),
         plane.batch_size,
     )
+    flowlog = context.config.flowlog
+    if flowlog.enabled:
+        names = tuple(rule.name for rule in worker.policy.rules)
+        worker.flowlog = FlowLog(context.config.flowlog_socket, slot, flowlog.sample_allowed, names)
     snapshot = context.config.runtime_dir / SNAPSHOT_NAME
     applied = [int(header[H.CONFIG_GENERATION])]
     words[S.GENERATION] = applied[0]

@@ -405,6 +405,20 @@ BROKEN = [
         "package.module:function",
     ),
     (
+        "flowlog-destination",
+        '[flowlog]\ndestination = "syslog"\n',
+        "flowlog.destination",
+        "destination",
+        "file, stdout",
+    ),
+    (
+        "flowlog-relative-path",
+        '[flowlog]\npath = "flows.log"\n',
+        "flowlog.path",
+        "path",
+        "absolute path",
+    ),
+    (
         "dns-reject",
         '[policy]\ndns_reject = "servfail"\n',
         "policy.dns_reject",
