@@ -132,13 +132,19 @@ def ctl(runtime: Path, *args: str) -> tuple[int, Any]:
         return done.returncode, done.stdout + done.stderr
 
 
-def with_rules(testbed: Testbed, tmp_path: Path, rules: str) -> tuple[Appliance, Path]:
-    """applianced in app1 with the shipped config, its runtime directory under `tmp_path`, and
-    `rules` after the demo's; and that runtime directory (for `ctl`)."""
+def with_rules(
+    testbed: Testbed, tmp_path: Path, rules: str, edits: dict[str, str] | None = None
+) -> tuple[Appliance, Path]:
+    """applianced in app1 with the shipped config (each `edits` key replaced by its value, once),
+    its runtime directory under `tmp_path`, and `rules` after the demo's; and that runtime
+    directory (for `ctl`)."""
     runtime = tmp_path / "run-app1"
     text = (
         DEFAULT_CONFIG.read_text()
         .replace("# dir = ", "dir = ")
         .replace('"/run/gwlb-appliance"', f'"{runtime}"', 1)
     )
+    for old, new in (edits or {}).items():
+        assert old in text, f"the shipped config has no {old!r} to replace"
+        text = text.replace(old, new, 1)
     return Appliance(testbed, 1, tmp_path, config=text + rules), runtime

@@ -23,8 +23,12 @@ def test_flow_records_say_what_was_decided_and_count_what_went_through(
     testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle]
 ) -> None:
     log = tmp_path / "logs" / "flows.log"
-    flowlog = f'\n[flowlog]\nenabled = true\npath = "{log}"\n'
-    appliance, _ = with_rules(testbed, tmp_path, RULES + flowlog)
+    edits = {
+        "[flowlog]\n": "[flowlog]\nenabled = true\n",
+        "\nenabled = false\n": "\n",  # the shipped one's, now set above
+        'path = "/var/log/gwlb-appliance/flows.log"': f'path = "{log}"',
+    }
+    appliance, _ = with_rules(testbed, tmp_path, RULES, edits)
     emulator = start_emulator(testbed)
     udp_demo(testbed, 4)  # three lines from b: one dropped (drop me), one rewritten
     refused = tcp_connect(testbed, 4, REJECTED_TCP)
