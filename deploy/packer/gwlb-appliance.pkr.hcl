@@ -4,7 +4,8 @@
 # and every dependency's wheel, for the build's architecture) is built beforehand by
 # deploy/packer/build-wheelhouse.sh, uploaded, and installed with `pip --no-index`, so nothing is
 # compiled or downloaded when an instance boots. At boot cloud-init only writes the site config
-# (deploy/cloud-init/user-data.yaml) and restarts the enabled unit.
+# (deploy/cloud-init/user-data.yaml), restarts the enabled unit if needed and starts the CloudWatch
+# agent (installed here, from Amazon's signed package) on the fleet's log group.
 #
 #   bash deploy/packer/build-wheelhouse.sh          # dist/wheelhouse/{x86_64,arm64}/
 #   packer init deploy/packer
@@ -171,13 +172,19 @@ build {
   }
 
   # The unit, its system user, the baked config (the shipped demo policy; cloud-init replaces it
-  # with the site's) and the operator notes.
+  # with the site's) and the operator notes; then the logs' way to CloudWatch: the agent's config,
+  # the journal copier with its unit, and journal.log's rotation (provision.sh downloads the agent
+  # itself and checks its signature).
   provisioner "file" {
     sources = [
       "${path.root}/../systemd/gwlb-appliance.service",
       "${path.root}/../systemd/gwlb-appliance.sysusers",
       "${path.root}/../../config/default.toml",
       "${path.root}/../README.md",
+      "${path.root}/cloudwatch-agent.json",
+      "${path.root}/../systemd/gwlb-appliance-journal.service",
+      "${path.root}/../systemd/gwlb-appliance-journal.sh",
+      "${path.root}/gwlb-appliance.logrotate",
     ]
     destination = "${local.staging}/"
   }

@@ -31,6 +31,12 @@ WHEELHOUSE_SH = PACKER_DIR / "build-wheelhouse.sh"
 UNIT_FILE = DEPLOY / "systemd" / "gwlb-appliance.service"
 SYSUSERS_FILE = DEPLOY / "systemd" / "gwlb-appliance.sysusers"
 USER_DATA = DEPLOY / "cloud-init" / "user-data.yaml"
+# The logs' way to CloudWatch: the agent's config (a template for the log group), the journal
+# copier and its unit, journal.log's rotation.
+AGENT_CONFIG = PACKER_DIR / "cloudwatch-agent.json"
+JOURNAL_UNIT = DEPLOY / "systemd" / "gwlb-appliance-journal.service"
+JOURNAL_SH = DEPLOY / "systemd" / "gwlb-appliance-journal.sh"
+LOGROTATE = PACKER_DIR / "gwlb-appliance.logrotate"
 
 VENV = "/opt/gwlb-appliance/venv"
 SITE_CONFIG = "/etc/gwlb-appliance/appliance.toml"
@@ -115,11 +121,21 @@ def tf_indent(spaces: int, text: str) -> str:
     return "\n".join([first, *(" " * spaces + line for line in rest)])
 
 
-def render_user_data(gwlb_cidrs: list[str], policy_toml: str) -> str:
+def render_user_data(
+    gwlb_cidrs: list[str],
+    policy_toml: str,
+    *,
+    log_group_name: str = "/gwlb-appliance/fleet1",
+    flowlog_enabled: bool = True,
+    flowlog_sample_allowed: int = 1,
+) -> str:
     """deploy/cloud-init/user-data.yaml with the values gwlb-fleet's templatefile() passes."""
     values = {
         "allow_sources": json.dumps(gwlb_cidrs, separators=(",", ":")),  # jsonencode()
         "policy_toml": tf_indent(6, policy_toml.strip()),  # indent(6, trimspace(...))
+        "flowlog_enabled": "true" if flowlog_enabled else "false",  # a bool in a template
+        "flowlog_sample_allowed": str(flowlog_sample_allowed),
+        "log_group_name": log_group_name,  # local.log_group_name
     }
     template = USER_DATA.read_text(encoding="utf-8")
     return PLACEHOLDER.sub(lambda m: values[m.group(1).strip()], template)

@@ -22,7 +22,7 @@ from deployfiles import (
 )
 
 from config.loader import default_config_path, parse_config
-from config.schema import DEFAULT_RUNTIME_DIR
+from config.schema import DEFAULT_RUNTIME_DIR, FlowLogConfig
 from supervisor.workerproc import SNAPSHOT_NAME
 
 GWLB_CIDRS = ["10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24"]
@@ -70,6 +70,17 @@ def test_rendered_site_config_is_a_valid_appliance_config(site_file):
     assert config.health.enabled and config.health.port == 80
     # The module's default policy is the demo's, every rule intact.
     assert [rule.name for rule in config.policy.rules] == DEMO_RULES
+    # Flow records on, to the default path (the one the CloudWatch agent ships), every flow.
+    assert config.flowlog.enabled and config.flowlog.destination == "file"
+    assert config.flowlog.path == FlowLogConfig().path
+    assert config.flowlog.sample_allowed == 1
+
+
+def test_flowlog_variables_reach_the_site_config():
+    rendered = render_user_data(GWLB_CIDRS, "", flowlog_enabled=False, flowlog_sample_allowed=1000)
+    (site,) = yaml.safe_load(rendered)["write_files"]
+    flowlog = parse_config(site["content"]).flowlog
+    assert (flowlog.enabled, flowlog.sample_allowed) == (False, 1000)
 
 
 def test_module_default_policy_is_the_shipped_demo_policy():
@@ -86,7 +97,7 @@ def test_a_multiline_policy_stays_inside_the_block_scalar(cloud_config):
 
 
 def test_runcmd_restarts_the_unit_only_when_it_runs_another_config(cloud_config):
-    (command,) = cloud_config["runcmd"]
+    command, _agent = cloud_config["runcmd"]  # the agent's start: test_cloudwatch.py
     assert command[:2] == ["sh", "-c"]
     words = shlex.split(command[2])
     snapshot = DEFAULT_RUNTIME_DIR / SNAPSHOT_NAME  # the daemon's copy of the config it runs

@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from deployfiles import (
+    JOURNAL_SH,
     PACKER_DIR,
     PACKER_TEMPLATE,
     PROVISION_SH,
@@ -29,7 +30,8 @@ from deployfiles import (
 )
 
 ARCHITECTURES = {"x86_64", "arm64"}
-SCRIPTS = [PROVISION_SH, WHEELHOUSE_SH]
+# The journal copier runs on every instance, not at bake time, but is shell all the same.
+SCRIPTS = [PROVISION_SH, WHEELHOUSE_SH, JOURNAL_SH]
 
 
 def test_both_architectures_are_built_from_amazon_linux_2023(packer):

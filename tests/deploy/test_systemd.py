@@ -30,7 +30,7 @@ from deployfiles import (
     unit_value,
 )
 
-from config.schema import DEFAULT_RUNTIME_DIR, WorkersConfig
+from config.schema import DEFAULT_RUNTIME_DIR, FlowLogConfig, WorkersConfig
 from supervisor.daemon import EXIT_CONFIG
 from supervisor.healthproc import STOP_TIMEOUT_NS
 
@@ -153,12 +153,22 @@ def test_hardening_leaves_what_the_appliance_needs(unit):
     # The appliance serves the host's network, with capabilities of the host's user namespace.
     assert service.get("PrivateNetwork", ["no"])[-1] == "no"
     assert service.get("PrivateUsers", ["no"])[-1] == "no"
-    # It only ever writes its RuntimeDirectory, which ProtectSystem=strict leaves writable.
+    # It only ever writes its RuntimeDirectory and LogsDirectory, which ProtectSystem=strict
+    # leaves writable.
     assert "ReadWritePaths" not in service
     families = unit_value(unit, "Service", "RestrictAddressFamilies").split()
     assert not families[0].startswith("~")  # an allow list...
     # ...with UDP/raw/HTTP sockets, pyroute2's netlink, the control socket and sd_notify.
     assert {"AF_INET", "AF_INET6", "AF_NETLINK", "AF_UNIX"} <= set(families)
+
+
+def test_flow_records_go_to_the_units_logs_directory(unit):
+    # ProtectSystem=strict makes /var read-only: the writer of the flow records can open its file
+    # only in the LogsDirectory systemd makes writable (and owns by the service user).
+    flowlog = FlowLogConfig()
+    logs_dir = Path("/var/log") / unit_value(unit, "Service", "LogsDirectory")
+    assert flowlog.path.parent == logs_dir
+    assert unit_value(unit, "Service", "LogsDirectoryMode") == "0750"  # records hold addresses
 
 
 def test_oom_kill_of_a_worker_does_not_stop_the_appliance(unit):

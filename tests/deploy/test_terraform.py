@@ -36,6 +36,13 @@ from config.loader import parse_config
 from config.schema import DataPlaneConfig, HealthConfig
 
 GWLB_CIDRS = "${var.gwlb_subnet_cidrs}"
+USER_DATA_PLACEHOLDERS = {
+    "allow_sources",
+    "policy_toml",
+    "flowlog_enabled",
+    "flowlog_sample_allowed",
+    "log_group_name",
+}
 META_ARGUMENTS = {"source", "version", "providers", "depends_on", "count", "for_each"}
 
 
@@ -207,9 +214,9 @@ def test_user_data_template_gets_exactly_the_placeholders_it_uses(module):
     match = re.fullmatch(r'templatefile\("\$\{path\.module\}/([^"]+)", \{(.*)\}\)', call, re.S)
     assert match, call
     assert (MODULE_DIR / match.group(1)).resolve() == USER_DATA
-    passed = set(re.findall(r"(\w+) = ", match.group(2)))
+    passed = set(re.findall(r"(\w+) += ", match.group(2)))
     used = {name.strip() for name in PLACEHOLDER.findall(USER_DATA.read_text())}
-    assert passed == used == {"allow_sources", "policy_toml"}
+    assert passed == used == USER_DATA_PLACEHOLDERS
     # No template directives or stray interpolations for templatefile() to trip over.
     assert "%{" not in USER_DATA.read_text()
 
@@ -256,6 +263,10 @@ def test_bounded_variables_have_validations(module):
         "appliance_subnet_ids",
         "ami_id",
         "name",
+        "flowlog_sample_allowed",
+        "log_retention_days",
+        "log_kms_key_arn",
+        "additional_instance_policy_arns",
     ]:
         validations = variables[name].get("validation", [])
         assert validations, f"variable {name} has no validation"
@@ -292,8 +303,11 @@ def test_example_reads_only_outputs_the_module_has(module):
 
 
 def test_example_sends_host_traffic_through_the_gwlb_endpoint(example):
-    (endpoint_name, endpoint), *_ = resources(example, "aws_vpc_endpoint").items()
-    assert endpoint["vpc_endpoint_type"] == "GatewayLoadBalancer"
+    ((endpoint_name, endpoint),) = [
+        (name, body)
+        for name, body in resources(example, "aws_vpc_endpoint").items()
+        if body["vpc_endpoint_type"] == "GatewayLoadBalancer"
+    ]
     assert expr(endpoint["service_name"]) == "module.fleet.endpoint_service_name"
     through = {
         expr(route["route_table_id"]): expr(route["destination_cidr_block"])
@@ -321,6 +335,7 @@ def test_example_outputs_what_the_walkthrough_uses(example):
         "host_b_private_ip",
         "host_a_public_ip",
         "host_b_public_ip",
+        "log_group_name",
     } <= set(labelled(example, "output"))
 
 
@@ -374,9 +389,13 @@ def test_terraform_renders_a_user_data_the_appliance_accepts(terraform: Terrafor
     )
     assert apply.returncode == 0, apply.stderr
     rendered = terraform("output", "-raw", "user_data", cwd=scratch).stdout
-    (site,) = yaml.safe_load(rendered)["write_files"]
+    cloud_config = yaml.safe_load(rendered)
+    (site,) = cloud_config["write_files"]
     config = parse_config(site["content"], "rendered by terraform")
     assert [str(n) for n in config.dataplane.allow_sources] == GOOD_VARIABLES["gwlb_subnet_cidrs"]
+    # Terraform's own rendering of a bool and a number is TOML's.
+    assert config.flowlog.enabled is True and config.flowlog.sample_allowed == 1
+    assert "s|@LOG_GROUP_NAME@|/gwlb-appliance/fleet1|g" in cloud_config["runcmd"][1][2]
     assert [rule.name for rule in config.policy.rules] == [
         "drop-me",
         "weakly-to-strongly-typed",
@@ -395,6 +414,10 @@ def test_terraform_refuses_out_of_range_variables(terraform: Terraform, tmp_path
         "gwlb_subnet_cidrs": ["10.0.0.0/33"],
         "health_check_interval_s": 4,
         "healthy_threshold": 11,
+        "log_retention_days": 31,
+        "log_kms_key_arn": "alias/gwlb",
+        "flowlog_sample_allowed": 0,
+        "additional_instance_policy_arns": ["AmazonSSMManagedInstanceCore"],
     }
     (scratch / "bad.tfvars.json").write_text(json.dumps({**GOOD_VARIABLES, **bad}))
     assert terraform("init", "-input=false", "-backend=false", cwd=scratch).returncode == 0

@@ -106,6 +106,45 @@ module "fleet" {
   endpoint_service_acceptance_required = false
   endpoint_service_allowed_principals  = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
   deregistration_delay_s               = 30
+
+  # The CloudWatch agent reaches CloudWatch Logs through the interface endpoint below, in the
+  # appliances' own subnet. A week of flow records and journal is plenty for a demo.
+  https_egress_cidrs = [aws_subnet.appliance.cidr_block]
+  log_retention_days = 7
+}
+
+# --- CloudWatch Logs without a way out of the VPC -------------------------------------------------
+
+# The appliances' subnet keeps only the local route. An interface endpoint with private DNS makes
+# logs.REGION.amazonaws.com resolve to addresses in that subnet, so the appliances' CloudWatch
+# agent ships the flow records and the journal to the fleet's log group (module output
+# log_group_name) over the module's HTTPS egress rule.
+resource "aws_security_group" "logs_endpoint" {
+  name_prefix = "${var.name}-logs-endpoint-"
+  description = "CloudWatch Logs endpoint: HTTPS from the appliance subnet"
+  vpc_id      = aws_vpc.demo.id
+
+  ingress {
+    description = "HTTPS from the CloudWatch agent of the appliances"
+    protocol    = "tcp"
+    from_port   = 443
+    to_port     = 443
+    cidr_blocks = [aws_subnet.appliance.cidr_block]
+  }
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_endpoint" "logs" {
+  vpc_id              = aws_vpc.demo.id
+  vpc_endpoint_type   = "Interface"
+  service_name        = "com.amazonaws.${var.region}.logs"
+  subnet_ids          = [aws_subnet.appliance.id]
+  security_group_ids  = [aws_security_group.logs_endpoint.id]
+  private_dns_enabled = true # needs the VPC's DNS support and hostnames, both on
+  tags                = { Name = "${var.name}-logs" }
 }
 
 resource "aws_vpc_endpoint" "gwlbe" {

@@ -18,6 +18,11 @@ output "autoscaling_group_name" {
   value       = module.fleet.autoscaling_group_name
 }
 
+output "log_group_name" {
+  description = "The fleet's CloudWatch Logs group (flow records and journal): aws logs tail NAME --follow."
+  value       = module.fleet.log_group_name
+}
+
 output "gwlb_endpoint_id" {
   description = "The GWLB endpoint the hosts' routes point at."
   value       = aws_vpc_endpoint.gwlbe.id

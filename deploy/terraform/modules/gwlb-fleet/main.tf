@@ -5,13 +5,19 @@
 #       (GENEVE 6081, HTTP health checks on port 80) ─▶ the Auto Scaling group's instances
 #
 # The instances come from the Packer AMI, which already holds the appliance and its enabled unit;
-# the launch template's user data only writes the site config (deploy/cloud-init/user-data.yaml).
+# the launch template's user data only writes the site config (deploy/cloud-init/user-data.yaml)
+# and starts the AMI's CloudWatch agent on this fleet's log group (logs.tf).
 
 locals {
   tags = merge(var.tags, {
     Product = "gwlb-appliance"
     Fleet   = var.name
   })
+
+  # Flow records and the appliance's journal, from every instance of the fleet (logs.tf). Only
+  # letters, digits, hyphens and slashes (var.name's validation), so it is safe inside the
+  # template's sed expression and the agent's JSON alike.
+  log_group_name = "/gwlb-appliance/${var.name}"
 
   # The template lives with the rest of the deployment files; a module taken from git with a
   # //subdirectory still has the whole repository, so the relative path holds.
@@ -20,6 +26,10 @@ locals {
     allow_sources = jsonencode(var.gwlb_subnet_cidrs)
     # indent() leaves the first line alone: the template places it; the rest must match it.
     policy_toml = indent(6, trimspace(var.policy_toml))
+    # A bool and a number render as TOML's true/false and an integer.
+    flowlog_enabled        = var.flowlog_enabled
+    flowlog_sample_allowed = var.flowlog_sample_allowed
+    log_group_name         = local.log_group_name
   })
 }
 
@@ -153,11 +163,9 @@ resource "aws_launch_template" "appliance" {
   user_data              = base64encode(local.user_data)
   update_default_version = true
 
-  dynamic "iam_instance_profile" {
-    for_each = var.iam_instance_profile_name == null ? [] : [var.iam_instance_profile_name]
-    content {
-      name = iam_instance_profile.value
-    }
+  # The given profile, or the module's own with just what the CloudWatch agent needs (logs.tf).
+  iam_instance_profile {
+    name = local.instance_profile_name
   }
 
   # No public address: the appliance is reached by GWLB inside the VPC only.
@@ -184,6 +192,14 @@ resource "aws_launch_template" "appliance" {
   tag_specifications {
     resource_type = "volume"
     tags          = local.tags
+  }
+
+  lifecycle {
+    # Here, not on the module's role: with a profile given, that role does not exist to check.
+    precondition {
+      condition     = var.iam_instance_profile_name == null || length(var.additional_instance_policy_arns) == 0
+      error_message = "additional_instance_policy_arns applies to the module's own role only: attach those policies to the role of iam_instance_profile_name instead."
+    }
   }
 
   tags = local.tags
@@ -234,6 +250,10 @@ resource "aws_autoscaling_group" "appliances" {
       error_message = "desired_capacity must be from min_size to max_size."
     }
   }
+
+  # The first instances' agents find their log group and their permission to write to it (the
+  # launch template only refers to the profile, not to the role's policy).
+  depends_on = [aws_cloudwatch_log_group.appliances, aws_iam_role_policy.appliance_logs]
 }
 
 resource "aws_vpc_endpoint_service" "this" {

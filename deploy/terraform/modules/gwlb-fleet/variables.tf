@@ -80,8 +80,19 @@ variable "key_name" {
 
 variable "iam_instance_profile_name" {
   type        = string
-  description = "Instance profile for the appliances (e.g. one with AmazonSSMManagedInstanceCore for Session Manager), or null for none. The appliance itself calls no AWS API."
+  description = "Instance profile for the appliances, or null: the module then makes one whose role may only write to the fleet's log group (logs.tf; add e.g. AmazonSSMManagedInstanceCore with additional_instance_policy_arns). A profile of your own must allow what the logs_policy_json output holds, or the CloudWatch agent ships nothing. The appliance itself calls no AWS API."
   default     = null
+}
+
+variable "additional_instance_policy_arns" {
+  type        = list(string)
+  description = "Managed policies to attach to the module's own instance role as well, e.g. arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore for Session Manager. Only with iam_instance_profile_name null."
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.additional_instance_policy_arns : can(regex("^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/.+$", arn))])
+    error_message = "additional_instance_policy_arns must be IAM policy ARNs (arn:aws:iam::...:policy/...)."
+  }
 }
 
 variable "additional_security_group_ids" {
@@ -92,7 +103,7 @@ variable "additional_security_group_ids" {
 
 variable "https_egress_cidrs" {
   type        = list(string)
-  description = "CIDRs the appliances may reach on TCP 443 (SSM agent, CloudWatch, through VPC endpoints or a NAT). Empty: no egress besides Geneve replies to GWLB. Amazon DNS, NTP and instance metadata are not subject to security groups."
+  description = "CIDRs the appliances may reach on TCP 443: the CloudWatch agent needs CloudWatch Logs (a logs interface VPC endpoint's subnets, or a NAT), the SSM agent its endpoints. Empty: no egress besides Geneve replies to GWLB, and the logs stay on the instances. Amazon DNS, NTP and instance metadata are not subject to security groups."
   default     = []
 
   validation {
@@ -129,6 +140,48 @@ variable "policy_toml" {
     match = { protocol = "icmpv6", icmp_type = [128, 129] }
     every = 5
   EOT
+}
+
+# --- flow records and logs ---------------------------------------------------------------------
+
+variable "flowlog_enabled" {
+  type        = bool
+  description = "Whether the appliances write flow records (the site config's [flowlog] enabled; one JSON line per flow denied or ended, see the top-level README), which the CloudWatch agent ships to the fleet's log group with the journal."
+  default     = true
+}
+
+variable "flowlog_sample_allowed" {
+  type        = number
+  description = "Record 1 in this many flows that passed ([flowlog] sample_allowed); every denied flow is recorded. Raise it to cut CloudWatch Logs ingestion on a busy fleet."
+  default     = 1
+
+  validation {
+    condition     = var.flowlog_sample_allowed >= 1 && var.flowlog_sample_allowed <= 1000000 && floor(var.flowlog_sample_allowed) == var.flowlog_sample_allowed
+    error_message = "flowlog_sample_allowed must be a whole number from 1 to 1000000."
+  }
+}
+
+variable "log_retention_days" {
+  type        = number
+  description = "Days CloudWatch Logs keeps the fleet's flow records and journal (/gwlb-appliance/NAME). One of the values CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653), or 0 to keep them forever."
+  default     = 30
+
+  validation {
+    condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be 0 (forever) or one of 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+variable "log_kms_key_arn" {
+  type        = string
+  description = "ARN of a KMS key to encrypt the fleet's log group with, or null for CloudWatch Logs' own encryption. Its key policy must let the logs.REGION.amazonaws.com service principal use it."
+  default     = null
+
+  validation {
+    # can(): regex() of a null fails, and a null is allowed.
+    condition     = var.log_kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[a-zA-Z0-9-]+$", var.log_kms_key_arn))
+    error_message = "log_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias."
+  }
 }
 
 # --- fleet size ------------------------------------------------------------------------------

@@ -42,4 +42,14 @@ run "plans_the_demo" {
     condition     = strcontains(module.fleet.user_data, "allow_sources = [\"${aws_subnet.appliance.cidr_block}\"]")
     error_message = "the appliances must accept Geneve from the GWLB subnet only"
   }
+
+  assert {
+    condition     = aws_vpc_endpoint.logs.service_name == "com.amazonaws.${var.region}.logs" && aws_vpc_endpoint.logs.private_dns_enabled && length(aws_vpc_endpoint.logs.subnet_ids) == 1
+    error_message = "the appliances' agent must reach CloudWatch Logs through an endpoint in their subnet"
+  }
+
+  assert {
+    condition     = module.fleet.log_group_name == "/gwlb-appliance/${var.name}"
+    error_message = "the demo's logs must go to the fleet's log group"
+  }
 }

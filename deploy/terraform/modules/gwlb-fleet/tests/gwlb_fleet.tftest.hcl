@@ -52,18 +52,154 @@ run "plans_a_geneve_fleet" {
     condition     = strcontains(local.user_data, "allow_sources = [\"10.0.0.0/24\",\"10.0.1.0/24\"]")
     error_message = "the site config must allow Geneve from the GWLB subnets"
   }
+
+  assert {
+    condition     = aws_cloudwatch_log_group.appliances.name == "/gwlb-appliance/fleet1" && aws_cloudwatch_log_group.appliances.retention_in_days == 30
+    error_message = "the fleet's log group must be /gwlb-appliance/NAME, kept 30 days by default"
+  }
+
+  assert {
+    condition     = strcontains(local.user_data, "s|@LOG_GROUP_NAME@|/gwlb-appliance/fleet1|g") && strcontains(local.user_data, "enabled = true\n      sample_allowed = 1\n")
+    error_message = "the instances must write flow records and ship them to the fleet's log group"
+  }
+}
+
+run "gives_the_instances_a_role_that_only_writes_the_fleet_logs" {
+  command = plan
+
+  # The role's and the profile's names (from their prefix) and the group's ARN are known only once
+  # AWS made them: stand-ins, so the plan can compare them.
+  override_resource {
+    target          = aws_iam_role.appliance
+    override_during = plan
+    values          = { name = "fleet1-20250101000000000000000001", id = "fleet1-20250101000000000000000001" }
+  }
+
+  override_resource {
+    target          = aws_iam_instance_profile.appliance
+    override_during = plan
+    values          = { name = "fleet1-20250101000000000000000002" }
+  }
+
+  override_resource {
+    target          = aws_cloudwatch_log_group.appliances
+    override_during = plan
+    values          = { arn = "arn:aws:logs:eu-west-1:123456789012:log-group:/gwlb-appliance/fleet1" }
+  }
+
+  assert {
+    condition     = one(aws_launch_template.appliance.iam_instance_profile).name == aws_iam_instance_profile.appliance[0].name
+    error_message = "without iam_instance_profile_name the instances must get the module's profile"
+  }
+
+  assert {
+    condition     = aws_iam_instance_profile.appliance[0].role == aws_iam_role.appliance[0].name && aws_iam_role_policy.appliance_logs[0].role == aws_iam_role.appliance[0].id
+    error_message = "the profile's role must carry the logs policy"
+  }
+
+  assert {
+    condition = jsondecode(aws_iam_role_policy.appliance_logs[0].policy).Statement == [{
+      Sid      = "ShipToTheFleetLogGroup"
+      Effect   = "Allow"
+      Action   = ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
+      Resource = [aws_cloudwatch_log_group.appliances.arn, "${aws_cloudwatch_log_group.appliances.arn}:*"]
+    }]
+    error_message = "the role may only create streams in and write to the fleet's log group"
+  }
+
+  assert {
+    condition     = jsondecode(aws_iam_role.appliance[0].assume_role_policy).Statement[0].Principal == { Service = "ec2.amazonaws.com" }
+    error_message = "only EC2 instances may assume the role"
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy_attachment.appliance_additional) == 0
+    error_message = "no managed policy unless asked for"
+  }
+
+  assert {
+    condition     = output.logs_policy_json == aws_iam_role_policy.appliance_logs[0].policy
+    error_message = "logs_policy_json must be the policy the module's role has"
+  }
+}
+
+run "uses_the_given_profile_and_makes_none" {
+  command = plan
+
+  variables {
+    iam_instance_profile_name = "ops-appliances"
+  }
+
+  assert {
+    condition     = one(aws_launch_template.appliance.iam_instance_profile).name == "ops-appliances"
+    error_message = "the launch template must use iam_instance_profile_name"
+  }
+
+  assert {
+    condition     = length(aws_iam_role.appliance) == 0 && length(aws_iam_instance_profile.appliance) == 0 && length(aws_iam_role_policy.appliance_logs) == 0
+    error_message = "a given profile means no role or profile of the module's"
+  }
+}
+
+run "attaches_additional_policies_to_its_own_role" {
+  command = plan
+
+  variables {
+    additional_instance_policy_arns = ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+  }
+
+  assert {
+    condition     = aws_iam_role_policy_attachment.appliance_additional[0].policy_arn == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    error_message = "additional_instance_policy_arns must be attached to the module's role"
+  }
+}
+
+run "refuses_additional_policies_for_a_given_profile" {
+  command = plan
+
+  variables {
+    iam_instance_profile_name       = "ops-appliances"
+    additional_instance_policy_arns = ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+  }
+
+  expect_failures = [aws_launch_template.appliance]
+}
+
+run "encrypts_and_keeps_the_logs_as_asked" {
+  command = plan
+
+  variables {
+    log_retention_days     = 365
+    log_kms_key_arn        = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-0a1b-0a1b-0a1b-0a1b2c3d4e5f"
+    flowlog_enabled        = false
+    flowlog_sample_allowed = 100
+  }
+
+  assert {
+    condition     = aws_cloudwatch_log_group.appliances.retention_in_days == 365 && aws_cloudwatch_log_group.appliances.kms_key_id == var.log_kms_key_arn
+    error_message = "the log group must take log_retention_days and log_kms_key_arn"
+  }
+
+  assert {
+    condition     = strcontains(local.user_data, "enabled = false\n      sample_allowed = 100\n")
+    error_message = "flowlog_enabled and flowlog_sample_allowed must reach the site config"
+  }
 }
 
 run "refuses_values_outside_aws_ranges" {
   command = plan
 
   variables {
-    deregistration_delay_s  = 3601
-    target_failover         = "sometimes"
-    flow_stickiness         = "source_ip"
-    gwlb_subnet_cidrs       = ["10.0.0.0/33"]
-    health_check_interval_s = 4
-    healthy_threshold       = 11
+    deregistration_delay_s          = 3601
+    target_failover                 = "sometimes"
+    flow_stickiness                 = "source_ip"
+    gwlb_subnet_cidrs               = ["10.0.0.0/33"]
+    health_check_interval_s         = 4
+    healthy_threshold               = 11
+    log_retention_days              = 31
+    log_kms_key_arn                 = "alias/gwlb"
+    flowlog_sample_allowed          = 0
+    additional_instance_policy_arns = ["AmazonSSMManagedInstanceCore"]
   }
 
   expect_failures = [
@@ -73,6 +209,10 @@ run "refuses_values_outside_aws_ranges" {
     var.gwlb_subnet_cidrs,
     var.health_check_interval_s,
     var.healthy_threshold,
+    var.log_retention_days,
+    var.log_kms_key_arn,
+    var.flowlog_sample_allowed,
+    var.additional_instance_policy_arns,
   ]
 }
 
