@@ -43,6 +43,8 @@ class Counter(enum.IntEnum):
     AUDITED = 21  # denials passed in audit mode (per rule: AUDIT_BASE)
     INSPECT_ERRORS = 22  # inspector calls that raised or returned no result (on_error applied)
     INSPECT_OVERTIME = 23  # inspector calls over their rule's budget_us (on_error applied)
+    CAPTURE_KEPT = 24  # packets `appliancectl capture` recorded (capture.py)
+    CAPTURE_DROPPED = 25  # packets a capture matched but its client's socket could not take
     FLOWLOG_RECORDS = 28  # flow records the writer's socket took (appliance/flowlog.py)
     FLOWLOG_DROPPED = 29  # flow records dropped: the writer behind, stopped or not running
 

@@ -59,6 +59,8 @@ _SHB_BODY = struct.Struct("<IHHq")  # byte-order magic, major, minor, section le
 _IDB_BODY = struct.Struct("<HHI")  # link type, reserved, snaplen
 _EPB_BODY = struct.Struct("<IIIII")  # interface id, timestamp high, low, captured, original
 _END_OF_OPTIONS = _OPTION_HEAD.pack(OPT_ENDOFOPT, 0)
+_EPB_HEAD = struct.Struct("<IIIIIII")  # _BLOCK_HEAD then _EPB_BODY, in one
+_PADS = (b"", b"\0", b"\0\0", b"\0\0\0")  # by padding length
 _FLAGS = {
     False: _OPTION_HEAD.pack(EPB_FLAGS, 4) + _U32.pack(EPB_INBOUND),
     True: _OPTION_HEAD.pack(EPB_FLAGS, 4) + _U32.pack(EPB_OUTBOUND),
@@ -142,6 +144,65 @@ def enhanced_packet_block(
         + _padding(len(captured))
     )
     return _block(BLOCK_EPB, body, options)
+
+
+def packet_options(comment: str | None = None, outbound: bool | None = False) -> bytes:
+    """The options of an Enhanced Packet Block (`opt_comment`, `epb_flags`, the end), encoded
+    once for `packet_block`: a capture's packets share a few comments between them."""
+    options = b"" if outbound is None else _FLAGS[outbound]
+    if comment is not None:
+        options = _option(OPT_COMMENT, comment.encode(), "opt_comment") + options
+    return options + _END_OF_OPTIONS if options else b""
+
+
+def packet_block(
+    interface: int, timestamp_ns: int, data: bytes | bytearray, options: bytes
+) -> bytes:
+    """`enhanced_packet_block` for a caller that has checked its arguments (data of at most
+    MAX_SNAPLEN bytes, a timestamp and interface in range) and encoded its options with
+    `packet_options`: the same bytes, in a third of the time (the capture's per-packet cost)."""
+    captured = len(data)
+    pad = -captured & 3
+    total = 32 + captured + pad + len(options)
+    head = _EPB_HEAD.pack(
+        BLOCK_EPB,
+        total,
+        interface,
+        timestamp_ns >> 32,
+        timestamp_ns & 0xFFFFFFFF,
+        captured,
+        captured,
+    )
+    return b"".join((head, data, _PADS[pad], options, _U32.pack(total)))
+
+
+def split_blocks(data: bytes | bytearray | memoryview) -> list[tuple[int, memoryview]]:
+    """The whole blocks `data` holds, in order, as (block type, the block's bytes), for a reader
+    of blocks this module wrote (little-endian); ValueError when a length is not a block's."""
+    view, at, found = memoryview(data), 0, []
+    while at < len(view):
+        if len(view) - at < 12:
+            raise ValueError(f"{len(view) - at} bytes at offset {at} are not a whole block")
+        block_type, total = _BLOCK_HEAD.unpack_from(view, at)
+        if total < 12 or total % 4 or at + total > len(view):
+            raise ValueError(f"a block at offset {at} claims {total} bytes")
+        found.append((block_type, view[at : at + total]))
+        at += total
+    return found
+
+
+def is_outbound(block: bytes | bytearray | memoryview) -> bool:
+    """Whether an Enhanced Packet Block's `epb_flags` say it went out (back to GWLB)."""
+    (captured,) = _U32.unpack_from(block, 20)
+    at, end = 28 + captured + (-captured & 3), len(block) - 4
+    while at + 4 <= end:
+        code, length = _OPTION_HEAD.unpack_from(block, at)
+        if code == OPT_ENDOFOPT:
+            break
+        if code == EPB_FLAGS and length == 4:
+            return bool(_U32.unpack_from(block, at + 4)[0] & EPB_OUTBOUND)
+        at += 4 + length + (-length & 3)
+    return False
 
 
 class PcapngWriter:

@@ -8,7 +8,8 @@ run on, and a reader that sees a counter one batch old is fine. Readers never bl
 
 Layout (all little-endian unsigned 64-bit words):
     header  HEADER_WORDS words: magic, version, slots, words per slot, supervisor pid and heartbeat,
-            config generation, draining, ready, started, reload refusals, flows request
+            config generation, draining, ready, started, reload refusals, flows request,
+            capture request (words up to HEADER_WORDS not named here are zero: room to grow)
     slot k  SLOT_WORDS words: pid, state, cpu, restarts, started_ns, heartbeat_ns, generation,
             flows served, then counters.SIZE counters
 """
@@ -46,6 +47,7 @@ class H(enum.IntEnum):
     STARTED_NS = 9
     RELOADS_REFUSED = 10
     FLOWS_REQUEST = 11  # bumped by `appliancectl flows`: each worker lists its flows once
+    CAPTURE_REQUEST = 12  # bumped by `appliancectl capture`: workers read their request
 
 
 class S(enum.IntEnum):

@@ -21,6 +21,7 @@ from appliance import counters as cnt
 from appliance.stats import H, StatsTable, now_ns
 from supervisor import flowdump
 from supervisor.arbiter import Arbiter
+from supervisor.capturing import CaptureDesk
 from supervisor.control import Deferred, Handler
 from supervisor.healthproc import HealthService
 from supervisor.logring import LogRing
@@ -55,6 +56,7 @@ class Commands:
         self.supervisor_facts = supervisor_facts
         self._reload = reload
         self._shutdown = shutdown
+        self.captures = CaptureDesk(table, runtime_dir)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -68,6 +70,7 @@ class Commands:
             "undrain": self._no_args(lambda: self._set_draining(0)),
             "tail": self.tail,
             "flows": self.flows,
+            "capture": self.capture,
             "version": self._no_args(lambda: {"version": version(), "protocol": PROTOCOL}),
             "shutdown": self._no_args(self.shutdown),
         }
@@ -124,6 +127,17 @@ class Commands:
             return flowdump.gather(self.table, self.runtime_dir, number, running, final)
 
         return Deferred(poll, deadline + int(1e9), "the workers did not answer in time")
+
+    def capture(self, args: list[str]) -> dict[str, Any]:
+        """Start a capture on the running workers asked for (supervisor/capturing.py), or
+        `stop` one; the packets go from the workers to the client's socket."""
+        if args[:1] == ["stop"]:
+            return self.captures.stop(args[1:])
+        chosen = self._slots(args[:1] or ["all"])
+        running = [k for k in chosen if self.arbiter.slots[k].state is State.RUNNING]
+        reply = self.captures.begin(running, args[1:])
+        log.info("capture %d on workers %s for %s", reply["request"], running, args[1:])
+        return {**reply, "workers": len(self.arbiter.slots)}
 
     def shutdown(self) -> dict[str, Any]:
         log.info("shutdown requested over the control socket")

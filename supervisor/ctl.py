@@ -55,6 +55,7 @@ from supervisor.ctlargs import (
     help_text,
     parse,
 )
+from supervisor.ctlcapture import run_capture
 from supervisor.ctlrender import compact, pretty, render, strip
 from supervisor.protocol import PROTOCOL_VERSION, ProtocolError, recv_message, send_message
 
@@ -146,6 +147,8 @@ def execute(invocation: Invocation) -> int:
             return run_slot_verb(client, invocation)
         if name == "tail":
             return run_tail(client, invocation)
+        if name == "capture":
+            return run_capture(client, invocation)
         if name == "flows":
             reply = client.call(name, [invocation.target or "all", *invocation.filters])
             print(pretty(strip(reply)) if invocation.as_json else render(name, reply))

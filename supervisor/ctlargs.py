@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
+from appliance.capturefilter import FilterError, compile_filter
 from config.runtimedir import default_runtime_dir
 
 # The daemon's default, found the same way (per network namespace): config/runtimedir.py
@@ -24,6 +25,8 @@ WAIT_TIMEOUT_S = 30.0  # start/stop/restart: how long to wait for the outcome, b
 POLL_INTERVAL_S = 0.1  # start/stop/restart: how often to read `status` while waiting
 DISTRIBUTION = "gwlb-appliance"
 FAILED_STATES = frozenset({"BACKOFF", "FATAL", "EXITED"})
+CAPTURE_COUNT, CAPTURE_SECONDS = 1000, 60.0  # capture's bounds, unless given
+CAPTURE_MAX_COUNT, CAPTURE_MAX_SECONDS = 10_000_000, 3600.0  # the daemon's too (capturing.py)
 MAIN_USAGE = "usage: appliancectl [--socket PATH] [--json] [--version] [COMMAND [ARGS]]"
 
 Worker = dict[str, Any]  # one entry of the `status` reply's "workers"
@@ -60,6 +63,12 @@ COMMANDS: dict[str, Command] = {
         "[SLOT|all] [--addr ADDRESS] [--port PORT] [--endpoint ID] [--verdict VERDICT]",
         "the flows the workers track: endpoint, addresses and ports, age, idle time, packets "
         "and bytes each way, verdict and the rule that decided it",
+    ),
+    "capture": Command(
+        "[SLOT|all] [--filter EXPR] [--count N] [--seconds S] -w FILE",
+        "the inner packets as received (and, when changed, as sent) into a pcapng FILE, each "
+        "with its verdict, rule, endpoint and worker as a comment; -w - streams it to standard "
+        "output (| tshark -r -)",
     ),
     "version": Command("", "the daemon's version and protocol (--version: this client's)"),
     "shutdown": Command("", "stop the workers gracefully and exit"),
@@ -112,6 +121,9 @@ class Invocation:
     follow: bool = False
     topic: str | None = None  # help COMMAND
     filters: tuple[str, ...] = ()  # flows: "key=value" words, as they go on the wire
+    filter_text: str = ""  # capture --filter
+    seconds: float | None = None  # capture --seconds
+    output: str | None = None  # capture -w FILE ("-": standard output)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,6 +182,29 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _capture_filter(text: str) -> str:
+    try:
+        compile_filter(text)
+    except FilterError as error:
+        raise argparse.ArgumentTypeError(
+            f"{error}; correct the filter there ('appliancectl help capture' shows the words)"
+        ) from None
+    return text
+
+
+def _capture_count(text: str) -> int:
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= CAPTURE_MAX_COUNT:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"a number of packets, 1 to {CAPTURE_MAX_COUNT}, not {text!r}")
+
+
+def _capture_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value > CAPTURE_MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {CAPTURE_MAX_SECONDS:g} seconds, not {text!r}")
+    return value
+
+
 def _command_parser(name: str) -> _Parser:
     spec = COMMANDS[name]
     parser = _Parser(
@@ -213,7 +248,41 @@ def _command_parser(name: str) -> _Parser:
         parser.add_argument(
             "--verdict", choices=("pass", "drop", "reject", "undecided"), help="how it was decided"
         )
+    elif name == "capture":
+        _capture_arguments(parser)
     return parser
+
+
+def _capture_arguments(parser: _Parser) -> None:
+    parser.add_argument(
+        "target", metavar="SLOT|all", nargs="?", type=_slot, help="a slot, or all (default)"
+    )
+    parser.add_argument(
+        "--filter",
+        metavar="EXPR",
+        type=_capture_filter,
+        default="",
+        help="keep only the packets EXPR matches, in tcpdump's words: host, src, dst, net, port, "
+        "portrange, tcp, udp, icmp, icmp6, ip, ip6, proto N, endpoint ID, verdict V (pass, "
+        "drop, reject, rewrite, unrewritable), with and, or, not and parentheses",
+    )
+    parser.add_argument(
+        "--count",
+        metavar="N",
+        type=_capture_count,
+        default=CAPTURE_COUNT,
+        help=f"stop after N packets (default {CAPTURE_COUNT})",
+    )
+    parser.add_argument(
+        "--seconds",
+        metavar="S",
+        type=_capture_seconds,
+        default=CAPTURE_SECONDS,
+        help=f"stop after S seconds (default {CAPTURE_SECONDS:g}, at most {CAPTURE_MAX_SECONDS:g})",
+    )
+    parser.add_argument(
+        "-w", dest="output", metavar="FILE", required=True, help="the pcapng file; - for stdout"
+    )
 
 
 PARSERS = {name: _command_parser(name) for name in COMMANDS}
@@ -276,6 +345,9 @@ def parse(words: Sequence[str], defaults: Defaults = Defaults()) -> Invocation:
         follow=given.get("follow", False),
         topic=given.get("topic"),
         filters=filters,
+        filter_text=given.get("filter") or "",
+        seconds=given.get("seconds"),
+        output=given.get("output"),
     )
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.capture import Capture
 from appliance.errors import BootError
 from appliance.flowlog import FlowLog
 from appliance.sockets import open_raw_socket
@@ -149,6 +150,7 @@ def boot(slot: int, context: WorkerContext) -> Worker:
     words[S.GENERATION] = applied[0]
     words[S.FLOWS_SERVED] = int(header[H.FLOWS_REQUEST])  # requests before we came: not ours
     runtime = context.config.runtime_dir
+    capture = Capture(worker, slot, runtime)  # `appliancectl capture` (appliance/capture.py)
 
     def heartbeat() -> None:
         words[S.HEARTBEAT_NS] = now_ns()
@@ -165,6 +167,10 @@ def boot(slot: int, context: WorkerContext) -> Worker:
             except OSError as error:  # a full disk, say: the data path goes on regardless
                 log.warning("worker %d: cannot list its flows: %s", slot, error)
             words[S.FLOWS_SERVED] = request
+        if header[H.CAPTURE_REQUEST] != capture.seen:  # the only cost when none runs
+            said = capture.look(int(header[H.CAPTURE_REQUEST]))
+            if said is not None:
+                log.info("worker %d: %s", slot, said)
 
     worker.heartbeat = heartbeat
     heartbeat()
