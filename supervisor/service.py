@@ -117,6 +117,7 @@ class Service:
             "stopping": self.stopping,
             "interfaces": self.plant.interface_facts,
             "control_refused": self.plant.control.refused,
+            "flowlog": self.flowlog.status(),
         }
 
     # --- the loop ---------------------------------------------------------------------------
