@@ -9,6 +9,8 @@ from __future__ import annotations
 import ssl
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -286,3 +288,51 @@ def test_only_flows_that_can_carry_a_name_wait_for_one() -> None:
     )
     assert worker.flows.active == 1 and counters(worker)["name_held"] == 0
     assert TENANT_1  # the flows are the default endpoint's
+
+
+# ---- hostile handshakes: random segments never knock the worker over ---------------------------
+
+HELLO = client_hello("github.com")
+PIECES = [
+    HELLO[:5],
+    HELLO[5:80],
+    HELLO[80:],
+    b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    b"\x16\x03\x01\xff\xff",  # a record longer than TLS allows
+    b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",  # a hello too short for itself
+    b"x" * 1400,
+]
+segments = st.lists(
+    st.tuples(
+        st.booleans(),  # from the client?
+        st.sampled_from(["S", "SA", "A", "PA", "FA", "R", "RA", ""]),
+        st.integers(0, 4000),  # sequence offset from the ISN (wrapping with the ISN below)
+        st.sampled_from(PIECES) | st.binary(max_size=300),
+    ),
+    min_size=1,
+    max_size=24,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=segments, isn=st.sampled_from([ISN, 2**32 - 100]), limit=st.sampled_from([512, 16384]))
+def test_random_segments_never_raise_and_hold_no_more_than_the_bounds(
+    batch: list[tuple[bool, str, int, bytes]], isn: int, limit: int
+) -> None:
+    """Segments in any order, flags, overlaps and garbage, around a wrapping sequence number:
+    the worker answers each within the batch, holds at most name_bytes per flow (and the cap
+    overall), and a flow it decided keeps its verdict."""
+    worker, io = start(ALLOW_GITHUB, extra=f"name_bytes = {limit}\nname_packets = 8")
+    talk = Conversation(worker, io)
+    for from_client, flags, offset, payload in batch:
+        seq = (isn + offset) % 2**32
+        if from_client:
+            talk.client(flags, seq, payload, ack=SERVER_ISN + 1)
+        else:
+            talk.server(flags, seq, payload)
+        for flow in worker.flows.flows():
+            watch = flow.watch
+            if watch is not None and watch.head is not None:
+                assert watch.head.contiguous_len <= limit
+        assert worker._held.held <= limit * max(1, worker.flows.active)
+    assert worker.flows.active <= 1
