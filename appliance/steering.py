@@ -85,21 +85,25 @@ def _xor_ports() -> list[Op | str]:
     ]
 
 
-def steering_program(slots: int) -> list[Insn]:
-    """The program for a reuseport group of `slots` sockets, as (code, jt, jf, k) instructions."""
+def steering_program(slots: int, geneve_at: int = 0) -> list[Insn]:
+    """The program for a reuseport group of `slots` sockets, as (code, jt, jf, k) instructions.
+
+    `geneve_at`: where the Geneve header starts in what the program sees (0 for a reuseport
+    group; behind the outer IPv4 and UDP headers for a packet fanout group, appliance/ringbpf.py).
+    """
     if not 1 <= slots <= 1024:
         raise ValueError("slots must be between 1 and 1024")
     source: list[Op | str] = [
         (LD_IMM, 0, 0, 0),
         (ST, 0, 0, M_HASH),
-        # X = M_INNER = 8 + 4 * Geneve opt len: where the inner packet starts.
-        (LD_B_ABS, 0, 0, 0),
+        # X = M_INNER = where the inner packet starts: behind 8 + 4 * Geneve opt len bytes.
+        (LD_B_ABS, 0, 0, geneve_at),
         (AND_K, 0, 0, 0x3F),
         (LSH_K, 0, 0, 2),
-        (ADD_K, 0, 0, 8),
+        (ADD_K, 0, 0, geneve_at + 8),
         (ST, 0, 0, M_INNER),
         (TAX, 0, 0, 0),
-        (LD_H_ABS, 0, 0, 2),
+        (LD_H_ABS, 0, 0, geneve_at + 2),
         (JEQ_K, "v4", 0, 0x0800),
         (JEQ_K, "v6", "unknown", 0x86DD),
         "v4",

@@ -257,6 +257,7 @@ class _Reader:
             "receive_buffer_bytes",
             "send_buffer_bytes",
             "steering",
+            "io",
         }
         t = self.table(data, where, known)
         sources = t.get("allow_sources", [])
@@ -282,6 +283,7 @@ class _Reader:
                 t, (*where, "send_buffer_bytes"), 4 << 20, 1 << 16, 1 << 30
             ),
             steering=self.choice(t, (*where, "steering"), "inner-flow", ("inner-flow", "kernel")),
+            io=self.choice(t, (*where, "io"), "socket", ("socket", "ring")),
         )
 
     def choice(

@@ -27,6 +27,7 @@ class DataPlaneConfig:
     receive_buffer_bytes: int = 8 * 1024 * 1024
     send_buffer_bytes: int = 4 * 1024 * 1024
     steering: str = "inner-flow"  # or "kernel": the kernel's reuseport hash of the outer header
+    io: str = "socket"  # or "ring": packet rings (appliance/ringio.py) instead of UDP sockets
 
 
 @dataclass(frozen=True)

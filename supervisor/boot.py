@@ -25,6 +25,7 @@ from supervisor.control import ControlServer
 from supervisor.files import write_whole
 from supervisor.logring import LogRing
 from supervisor.netsetup import configure_interfaces
+from supervisor.ringtap import RingTap, open_ring_tap
 from supervisor.runlock import RuntimeLock
 from supervisor.snapshot import write_rule_names
 
@@ -47,6 +48,7 @@ class Plant:
     log_write: int
     wakeup_read: int  # signal.set_wakeup_fd's pipe: a signal wakes the loop
     wakeup_write: int
+    tap: RingTap | None = None  # dataplane.io = "ring": `sockets` are its packet sockets
 
     def close_in_child(self) -> None:
         """Run in a forked worker: close the supervisor's descriptors that are not the worker's
@@ -57,10 +59,14 @@ class Plant:
         for fd in (self.log_read, self.wakeup_read, self.wakeup_write, self.lock.fileno()):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if self.tap is not None:
+            self.tap.guard.close()
 
     def close(self) -> None:
         """At the end of the supervisor's life: unbind 6081, remove the control socket."""
         self.control.close()
+        if self.tap is not None:
+            self.tap.close()  # the nftables rule first
         for sock in self.sockets:
             sock.close()
         self.selector.close()
@@ -88,10 +94,13 @@ def _build(
     table.header[H.STARTED_NS] = now_ns()
     write_snapshot(config, config_text, 0)
     plane = config.dataplane
-    sockets = [
-        open_data_socket(plane.bind, plane.port, plane.receive_buffer_bytes) for _ in range(slots)
-    ]
-    if slots > 1 and plane.steering == "inner-flow":
+    sockets = []  # with io = "ring", the tap's: made last, when nothing else can fail
+    if plane.io == "socket":
+        sockets = [
+            open_data_socket(plane.bind, plane.port, plane.receive_buffer_bytes)
+            for _ in range(slots)
+        ]
+    if slots > 1 and plane.steering == "inner-flow" and plane.io == "socket":
         attach_steering(sockets[0], slots)
     log_read, log_write = os.pipe()
     os.set_blocking(log_read, False)
@@ -102,6 +111,10 @@ def _build(
     wakeup_read, wakeup_write = os.pipe()
     for fd in (wakeup_read, wakeup_write):
         os.set_blocking(fd, False)
+    tap = open_ring_tap(config, slots) if plane.io == "ring" else None
+    if tap is not None:
+        sockets = tap.sockets
+        facts += tap.facts
     return Plant(
         lock,
         facts,
@@ -113,6 +126,7 @@ def _build(
         log_write,
         wakeup_read,
         wakeup_write,
+        tap,
     )
 
 

@@ -80,6 +80,12 @@ def configure_interfaces(config: ApplianceConfig, dry_run: bool = False) -> list
     return facts
 
 
+def find_data_interface(config: ApplianceConfig) -> Interface:
+    """The data-plane interface, chosen as the module doc says; a read, not a change."""
+    with IPRoute() as ipr:
+        return _find_interface(ipr, config)
+
+
 def _interface(ipr: IPRoute, index: int) -> Interface:
     link = ipr.get_links(index)[0]
     addresses = [

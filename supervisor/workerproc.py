@@ -29,6 +29,8 @@ from pathlib import Path
 from appliance.capture import Capture
 from appliance.errors import BootError
 from appliance.flowlog import FlowLog
+from appliance.ringio import RingBatchIO
+from appliance.ringsocket import RingGeometry
 from appliance.sockets import open_raw_socket
 from appliance.sources import SourceFilter
 from appliance.stats import H, S, StatsTable, now_ns
@@ -130,17 +132,25 @@ def _set_title(title: str) -> None:
 
 def boot(slot: int, context: WorkerContext) -> Worker:
     plane = context.config.dataplane
-    raw = open_raw_socket(plane.send_buffer_bytes)
     table = context.table
     words, header = table.slot(slot), table.header
-    worker = Worker(
-        context.sockets[slot],
-        raw,
-        context.config.policy,
-        table.counters(slot),
-        _sources(context.config),
-        plane.batch_size,
-    )
+    if plane.io == "ring":  # the slot's packet socket, a fanout member since before any fork
+        io = RingBatchIO(
+            context.sockets[slot],
+            plane.batch_size,
+            RingGeometry.for_bytes(plane.receive_buffer_bytes),
+        )
+        policy, sources = context.config.policy, _sources(context.config)
+        worker = Worker.over(io, policy, table.counters(slot), sources)
+    else:
+        worker = Worker(
+            context.sockets[slot],
+            open_raw_socket(plane.send_buffer_bytes),
+            context.config.policy,
+            table.counters(slot),
+            _sources(context.config),
+            plane.batch_size,
+        )
     flowlog = context.config.flowlog
     if flowlog.enabled:
         names = tuple(rule.name for rule in worker.policy.rules)

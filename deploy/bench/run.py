@@ -42,6 +42,7 @@ from harness.env import (
     GEN_NS,
     MIX,
     PRODUCT,
+    PRODUCT_RING,
     BenchError,
     Netns,
     compile_tools,
@@ -125,6 +126,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--mix-only", action="store_true", help="only the mix, not the single cases")
     p.add_argument(
+        "--io",
+        choices=["socket", "ring"],
+        default="socket",
+        help="socket (default): applianced with its default I/O; ring: also applianced with "
+        "dataplane.io = ring (packet rings), after it, the two side by side against the C "
+        "socket reflector",
+    )
+    p.add_argument(
         "--track-flows",
         action="store_true",
         help="applianced with the flow table on ([policy] track_flows = true): every packet is "
@@ -191,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             cpus=cpus,
             product_mode=args.product_mode,
             track_flows=args.track_flows,
+            io=args.io,
             probe_rate=args.probe_rate,
             health_load={"clients": args.probe_clients, "seconds": args.probe_seconds}
             if args.health_load
@@ -220,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append((PRODUCT, argv, args.probe_rate, None))
             else:
                 targets.append((PRODUCT, argv, 0.0, ("worker",)))
+            if args.io == "ring":
+                config = write_config(work, args.product_mode, args.track_flows, io="ring")
+                ring_argv = [applianced, "--config", str(config), "--workers", "1"]
+                roles = None if args.product_mode == "tree" else ("worker",)
+                rate = args.probe_rate if args.product_mode == "tree" else 0.0
+                targets.append((PRODUCT_RING, ring_argv, rate, roles))
         processes: dict[str, list[str]] = {}
         facts["processes"] = processes
 

@@ -9,19 +9,68 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pyroute2.nftables.main import NFTables
 from testbed import Testbed, in_netns, wait_until
 
 from appliance.counters import snapshot, total
 from appliance.stats import H, S, StatsTable
 from config.loader import load_config
 from supervisor.healthproc import is_health_service
+from supervisor.ingressdrop import NFPROTO_NETDEV, TABLE, IngressDrop
 
 APPLIANCED = str(Path(sys.executable).with_name("applianced"))
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
+# The I/O backend every Appliance of a test runs with (dataplane.io), set by the conftest's
+# `both_backends` fixture; "socket" is the default config's.
+BACKEND = ["socket"]
+RING_RETIRE_S = 0.02  # more than a ring block's retire timeout (appliance/ringsocket.py)
+
+
+def with_backend(text: str, backend: str | None = None) -> str:
+    """A config text with dataplane.io set to `backend` (default: the test's)."""
+    io = backend or BACKEND[0]
+    if re.search(r"(?m)^io = ", text):
+        return re.sub(r"(?m)^io = .*$", f'io = "{io}"', text, count=1)
+    if io == "socket":  # the default already
+        return text
+    if "[dataplane]\n" in text:
+        return text.replace("[dataplane]\n", f'[dataplane]\nio = "{io}"\n', 1)
+    return text + f'\n[dataplane]\nio = "{io}"\n'
+
+
+@contextlib.contextmanager
+def io_backend(backend: str) -> Iterator[str]:
+    BACKEND[0] = backend
+    try:
+        yield backend
+    finally:
+        BACKEND[0] = "socket"
+
+
+def ingress_rule_installed(tb: Testbed, k: int) -> bool:
+    """The ring backend's nftables table is in appliance k's namespace."""
+    with in_netns(tb.ns_app(k)), NFTables(nfgen_family=NFPROTO_NETDEV) as nft:
+        return any(t.get_attr("NFTA_TABLE_NAME") == TABLE for t in nft.get_tables())
+
+
+def arrivals(tb: Testbed, k: int, worker: int, port: int = 6081) -> int:
+    """A count that grows with each datagram that reaches appliance k and waits for `worker`:
+    bytes queued in its UDP sockets, or with the ring backend the datagrams the nftables rule
+    dropped after the packet rings took them."""
+    if BACKEND[0] == "ring":
+        with in_netns(tb.ns_app(k)):
+            return IngressDrop("eth0", [], port).dropped()
+    total = 0
+    for line in Path(f"/proc/{worker}/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local rem st tx_queue:rx_queue ...
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            total += int(fields[4].split(":")[1], 16)
+    return total
 
 
 def config_text(runtime_dir: Path, policy: str | None = None, **edits: str) -> str:
@@ -45,7 +94,8 @@ class Appliance:
         self.tb = tb
         self.runtime = workdir / f"run-app{k}"
         self.config_path = workdir / f"app{k}.toml"
-        self.config_path.write_text(config if config is not None else config_text(self.runtime))
+        text = config if config is not None else config_text(self.runtime)
+        self.config_path.write_text(with_backend(text))
         self.stderr_path = workdir / f"applianced-app{k}.stderr"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = tb.popen(

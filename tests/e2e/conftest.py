@@ -4,6 +4,7 @@ Tests marked `netns` are skipped, with the reason, where namespaces cannot be us
 tun, no `ip netns`). Every namespace and process a test creates is removed in the fixtures'
 teardown, whether the test passed or not.
 
+    both_backends                each test once per dataplane.io ("socket", "ring")
     testbed                      a Testbed with one appliance namespace; for more, parametrize
                                  indirectly: @pytest.mark.parametrize("testbed", [2], indirect=True)
     start_emulator(tb, *args)    -> a ready EmulatorHandle (events, finish() -> report)
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from appliance_proc import io_backend
 from testbed import (
     LOCAL_DIR,
     EmulatorHandle,
@@ -55,6 +57,15 @@ def testbed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
         pytest.skip(f"network namespaces unusable: {reason}")
     with Testbed(appliances=getattr(request, "param", 1)) as tb:
         yield tb
+
+
+@pytest.fixture(params=["socket", "ring"])
+def both_backends(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every Appliance of the test runs with dataplane.io = this (the test runs with each):
+    `pytestmark = pytest.mark.usefixtures("both_backends")` in a module runs all of its tests
+    on both I/O backends."""
+    with io_backend(request.param) as backend:
+        yield backend
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from appliance_proc import Appliance
 from testbed import EmulatorHandle, LineReader, Testbed, feed_lines, no_ports, ping
 
-pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+pytestmark = [pytest.mark.netns, pytest.mark.e2e, pytest.mark.usefixtures("both_backends")]
 
 VERSIONS = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
 LINES = [b"test\n", b"drop me\n", b"weakly typed programming language\n"]

@@ -11,7 +11,7 @@ from appliance_proc import ctl, with_rules
 from firewall_scene import CONNECT_TIMEOUT_S, RULES, Attempt, run_scene
 from testbed import EmulatorHandle, Testbed
 
-pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+pytestmark = [pytest.mark.netns, pytest.mark.e2e, pytest.mark.usefixtures("both_backends")]
 
 
 @pytest.mark.parametrize("version", [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")])

@@ -15,7 +15,7 @@ from scapy.packet import Raw, raw
 from test_appliance_wire import OPTIONS, GwlbPeer, check_outer, gwlb_datagram, peer
 from testbed import Testbed
 
-pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+pytestmark = [pytest.mark.netns, pytest.mark.e2e, pytest.mark.usefixtures("both_backends")]
 __all__ = ["peer"]  # the fixture, shared with the other wire tests
 
 POLICY = """

@@ -33,6 +33,7 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.usefixtures("both_backends")
 def test_inner_flow_steering_spreads_flows_and_keeps_directions_together(
     testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle]
 ) -> None:
@@ -67,6 +68,7 @@ def test_inner_flow_steering_spreads_flows_and_keeps_directions_together(
     assert appliance.stop() == 0
 
 
+@pytest.mark.usefixtures("both_backends")
 def test_kill_9_of_a_worker_under_traffic_loses_at_most_a_batch(
     testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle]
 ) -> None:
@@ -158,6 +160,7 @@ def test_reload_applies_a_valid_policy_live_and_refuses_a_broken_one(
         assert set(seq[switch:]) == {b"statically typed"}
 
 
+@pytest.mark.usefixtures("both_backends")
 def test_term_under_traffic_stops_everything_cleanly(
     testbed: Testbed, tmp_path: Path, start_emulator: Callable[..., EmulatorHandle]
 ) -> None:

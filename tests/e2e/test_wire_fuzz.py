@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from appliance_proc import APPLIANCECTL, APPLIANCED
+from appliance_proc import APPLIANCECTL, APPLIANCED, with_backend
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw, raw
@@ -192,14 +192,17 @@ def test_the_stream_is_reproducible_and_has_every_mutation() -> None:
 
 
 @pytest.mark.netns
-def test_a_short_run_finds_nothing_unexplained(tmp_path: Path) -> None:
-    template = (FUZZ.parents[1] / "config" / "default.toml").read_text()
+@pytest.mark.parametrize("backend", ["socket", "ring"])
+def test_a_short_run_finds_nothing_unexplained(tmp_path: Path, backend: str) -> None:
+    template = with_backend((FUZZ.parents[1] / "config" / "default.toml").read_text(), backend)
     with FuzzBed([APPLIANCED], tmp_path, template) as bed:
         session = Session(bed, SEED)
         run = session.run(COUNT)
         totals = appliancectl_stats(APPLIANCECTL, bed.runtime)
         restarts = bed.table.restarts()
         assert bed.stop_appliance() == 0
+        ringed = "data plane: packet rings" in bed.stderr_path.read_text(errors="replace")
+        assert ringed == (backend == "ring")
     tally = session.tally
     unexplained = {k: n for k, n in tally.classes.items() if tally.status_of[k] == "unexplained"}
     assert unexplained == {}, tally.examples

@@ -65,6 +65,12 @@ def test_default_config_values():
     assert parse_config("").interface.manage is False
 
 
+def test_the_io_backend_is_the_socket_one_unless_the_ring_is_asked_for():
+    assert load_config(default_config_path()).dataplane.io == "socket"
+    assert parse_config("").dataplane.io == "socket"
+    assert parse_config('[dataplane]\nio = "ring"\n').dataplane.io == "ring"
+
+
 @pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("0.0", 0.0), ("1", 1.0), ("2.5", 2.5)])
 def test_the_overflow_bound_may_be_off_or_seconds(value, seconds):
     config = parse_config(f"[health]\noverflow_unready_s = {value}\n")
@@ -354,6 +360,7 @@ BROKEN = [
         "steering",
         "inner-flow, kernel",
     ),
+    ("io-typo", '[dataplane]\nio = "rings"\n', "dataplane.io", "io", "socket, ring"),
     (
         "health-min-workers",
         "[health]\nmin_workers = 1.5\n",

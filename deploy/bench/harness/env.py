@@ -31,6 +31,7 @@ MIX = "mix"
 # The mix first (the headline), then the single cases kept from the first version of the bench.
 CASES = [(64, MIX), (1400, MIX), (64, "pass"), (64, "rewrite"), (1400, "pass"), (1400, "rewrite")]
 BASELINE, PRODUCT = "C reflector", "applianced"
+PRODUCT_RING = "applianced ring"  # applianced with dataplane.io = "ring" (run.py --io ring)
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -133,12 +134,12 @@ def compile_tools(work: Path) -> dict[str, str]:
     return out
 
 
-def write_config(work: Path, mode: str, track_flows: bool = False) -> Path:
+def write_config(work: Path, mode: str, track_flows: bool = False, io: str = "socket") -> Path:
     """The shipped default config (the demo policy) with `[runtime] dir` set to our temp dir and
     the allow-list a fleet has (deploy/terraform sets it to the GWLB subnets): only the generator
     may send; in worker mode also `[health] enabled = false` (the data path alone); with
     `track_flows` the flow table on (`[policy] track_flows = true`: what every packet pays once a
-    policy decides flows)."""
+    policy decides flows); with `io` "ring" the packet-ring backend (`dataplane.io`)."""
     runtime = work / "runtime"
     lines = (REPO / "config" / "default.toml").read_text(encoding="utf-8").splitlines()
     wanted = {
@@ -149,6 +150,8 @@ def write_config(work: Path, mode: str, track_flows: bool = False) -> Path:
         wanted[("[health]", "enabled")] = "false"
     if track_flows:
         wanted[("[policy]", "track_flows")] = "true"
+    if io != "socket":
+        wanted[("[dataplane]", "io")] = f'"{io}"'
     section, done, out = "", set(), []
     for line in lines:
         stripped = line.strip()
@@ -171,7 +174,7 @@ def write_config(work: Path, mode: str, track_flows: bool = False) -> Path:
         or (mode == "worker" and parsed["health"]["enabled"] is not False)
     ):
         raise BenchError("could not set [runtime] dir, allow_sources, [health] in the config copy")
-    path = work / "applianced.toml"
+    path = work / ("applianced.toml" if io == "socket" else f"applianced-{io}.toml")
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -264,6 +267,7 @@ def ns_counters(ns: str) -> dict[str, int]:
         if name.strip() in (GEN_IF, APP_IF):
             cols = rest.split()
             out["dev_rx_drop"] = int(cols[3])
+            out["dev_rx_packets"] = int(cols[1])
             out["dev_tx_drop"] = int(cols[11])
     return out
 

@@ -19,6 +19,7 @@ from harness.env import (
     HEALTH_PORT,
     LATENCY_RATE,
     MIX,
+    PRODUCT_RING,
     READY_TIMEOUT_S,
     BenchError,
     cpu_shares,
@@ -45,6 +46,8 @@ def measure(
 ) -> dict[str, Any]:
     """One case against one target: a flood, then a paced latency run. `headline_roles`: whose CPU
     time the headline counts (None: the whole process tree)."""
+    ring = target.name == PRODUCT_RING
+    drops_before = ring_drops(target) if ring else 0
     app_before, gen_before = ns_counters(APP_NS), ns_counters(GEN_NS)
     cpu_before, stat_before = target.cpu(), cpu_times()
     flood = run_gen(
@@ -61,6 +64,7 @@ def measure(
     )
     cpu_after, stat_after = target.cpu(), cpu_times()
     app_after, gen_after = ns_counters(APP_NS), ns_counters(GEN_NS)
+    dropped = ring_drops(target) - drops_before if ring else 0
     latency = run_gen(
         tools["gen"],
         cpus[0],
@@ -79,6 +83,11 @@ def measure(
     # The packets the target had to handle: what the kernel delivered to its socket(s) in its
     # namespace during the flood (the ones its receive buffer had no room for cost it nothing).
     handled = kernel_app.get("udp_in_datagrams", 0)
+    if ring:
+        # No datagram reaches the UDP stack: the frames the interface received (the health
+        # probes' few among them) less those a full ring had no room for (the worker's count).
+        handled = kernel_app.get("dev_rx_packets", 0) - dropped
+        kernel_app["ring_drops"], kernel_app["ring_delivered"] = dropped, handled
     # Over the processes alive at the end (a process that started during the flood counts whole).
     by_role: dict[str, list[int]] = {}
     run_ns = 0
@@ -304,6 +313,26 @@ def generator_ceiling(
     finally:
         sink.stop()
     return out
+
+
+def ring_drops(target: Target) -> int:
+    """Frames the ring backend's full rings dropped so far (`appliancectl stats`'s
+    rx_buffer_drops), for the applianced whose `--config` is in the target's command line."""
+    argv = target.argv
+    config = Path(argv[argv.index("--config") + 1])
+    ctl = Path(argv[0]).parent / "appliancectl"
+    sock = config.parent / "runtime" / "control.sock"
+    proc = subprocess.run(
+        [str(ctl), "--socket", str(sock), "--json", "stats"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"appliancectl stats failed ({proc.returncode}): {proc.stderr[:300]}")
+    data = json.loads(proc.stdout)
+    return int(data.get("total", data).get("rx_buffer_drops", 0))
 
 
 def applianced_counters(applianced: str, runtime: Path) -> str:

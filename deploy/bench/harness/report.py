@@ -14,6 +14,7 @@ from harness.env import (
     LOOPBACK,
     MIX,
     PRODUCT,
+    PRODUCT_RING,
 )
 
 # ---------------------------------------------------------------- report
@@ -45,7 +46,8 @@ def kept_up(row: dict[str, Any]) -> bool:
     """The target's socket never overflowed in the flood (under 0.1% of what reached it): it
     handled everything gen offered, so its returned rate is the generator's, not its own limit."""
     k: dict[str, int] = row["kernel_app_ns"]
-    overflow, delivered = k.get("udp_rcvbuf_errors", 0), k.get("udp_in_datagrams", 0)
+    overflow = k.get("udp_rcvbuf_errors", 0) + k.get("ring_drops", 0)
+    delivered = k.get("udp_in_datagrams", 0) + k.get("ring_delivered", 0)
     return overflow <= 0.001 * (overflow + delivered)
 
 
@@ -57,6 +59,7 @@ def report(
 ) -> str:
     base = {(r["payload"], r["case"]): r for r in rows if r["target"] == BASELINE}
     product = {(r["payload"], r["case"]): r for r in rows if r["target"] == PRODUCT}
+    ring = {(r["payload"], r["case"]): r for r in rows if r["target"] == PRODUCT_RING}
     mix = facts["mix"]
     out = [
         f"# gwlb-appliance benchmark  {facts['date']}  kernel {facts['kernel']}  "
@@ -123,7 +126,7 @@ def report(
     payloads = sorted({r["payload"] for r in rows if r["case"] == MIX})
     for payload in payloads:
         b = base.get((payload, MIX))
-        for r in (b, product.get((payload, MIX))):
+        for r in (b, product.get((payload, MIX)), ring.get((payload, MIX))):
             if r is None:
                 continue
             table.append(

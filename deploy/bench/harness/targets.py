@@ -40,6 +40,7 @@ class Target:
 
     def __init__(self, name: str, argv: list[str], cpu: int | str, logs: Path) -> None:
         self.name = name
+        self.argv = argv
         self.roles: dict[int, str] = {}
         self.descendants: dict[int, int] = {}  # PID -> start time, every one seen
         self.log = logs / f"{name.replace(' ', '_')}.log"
@@ -117,7 +118,7 @@ class Target:
         """What a process of the tree is: the reflector, or applianced's supervisor, a worker or
         the health service (gunicorn's master and worker)."""
         if pid == self.pid:
-            return "supervisor" if self.name == PRODUCT else "reflector"
+            return "supervisor" if self.name.startswith(PRODUCT) else "reflector"
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:

@@ -51,6 +51,8 @@ class FuzzBed:
 
     def __init__(self, appliance_cmd: list[str], workdir: Path, template: str) -> None:
         self.appliance_cmd, self.workdir, self.template = appliance_cmd, workdir, template
+        # dataplane.io = "ring": the UDP stack never sees the datagrams (session.py copes)
+        self.ring = re.search(r'(?m)^io = "ring"', template) is not None
         self.tb = Testbed(appliances=1)
         self.gwlb_ips = [socket.inet_aton(ip) for ip in (self.tb.gwlb_ip(1), EXTRA_GWLB_IP)]
         self.appliance_ips = [

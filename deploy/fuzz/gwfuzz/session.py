@@ -54,6 +54,7 @@ class Run:
     windows: int = 0
     rcvbuf_errors: int = 0
     kernel: dict[str, int] = field(default_factory=dict)  # snmp deltas over the run
+    ring: bool = False  # the appliance ran dataplane.io = "ring" (Session._kernel)
     product: dict[str, int] = field(default_factory=dict)  # counter deltas over the run
     seconds: float = 0.0
 
@@ -72,7 +73,8 @@ class Session:
     ) -> Run:
         """Send datagrams first .. first + count - 1 of the seed; classify them all."""
         facts, started = self.run_facts, time.monotonic()
-        base_counters, base_snmp = self.bed.table.totals(), udp_snmp(self.bed.proc.pid)
+        facts.ring = self.bed.ring
+        base_counters, base_snmp = self.bed.table.totals(), self._kernel()
         index = first
         while index < first + count:
             window = self._make_window(index, first + count)
@@ -82,7 +84,7 @@ class Session:
             if progress:
                 progress(index - first, time.monotonic() - started)
         facts.seconds = time.monotonic() - started
-        end_counters, end_snmp = self.bed.table.totals(), udp_snmp(self.bed.proc.pid)
+        end_counters, end_snmp = self.bed.table.totals(), self._kernel()
         facts.product = {k: end_counters[k] - base_counters[k] for k in end_counters}
         facts.kernel = {k: end_snmp[k] - base_snmp[k] for k in end_snmp}
         facts.rcvbuf_errors = facts.kernel["RcvbufErrors"]
@@ -90,10 +92,10 @@ class Session:
 
     def replay(self, payload: bytes) -> tuple[Sent, Fate, dict[str, int]]:
         """Send one datagram (Geneve onwards) alone: its class and the counters it moved."""
-        counters, snmp = self.bed.table.totals(), udp_snmp(self.bed.proc.pid)
+        counters, snmp = self.bed.table.totals(), self._kernel()
         self.captured = 0
         sent = self._send(Made(0, payload, "replay"), 0)
-        _, delta = self._settle(1, counters, snmp)
+        _, delta = self._settle(0 if self.bed.ring and sent.kernel else 1, counters, snmp)
         self.inflight.clear()
         return sent, fate(sent, delta["RcvbufErrors"] > 0), delta
 
@@ -111,10 +113,12 @@ class Session:
         return window
 
     def _window(self, window: list[Made], index: int) -> None:
-        counters, snmp = self.bed.table.totals(), udp_snmp(self.bed.proc.pid)
+        counters, snmp = self.bed.table.totals(), self._kernel()
         self.captured = 0
         sents = [self._send(made, index + i) for i, made in enumerate(window)]
         reached = sum(1 for s in sents if s.kernel != "send-failed")
+        if self.bed.ring:  # what the rings take: the kernel's refusals never reach them
+            reached = sum(1 for s in sents if not s.kernel)
         settled, delta = self._settle(reached, counters, snmp)
         overflowed = delta["RcvbufErrors"] > 0
         predicted: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
@@ -160,6 +164,8 @@ class Session:
             if made.outer_checksum == "wrong":
                 checksum = checksum % 0xFFFF + 1  # another residue, never 0 ("no checksum")
                 seen, kernel = None, "udp-checksum"
+        if self.bed.ring and seen is not None and 28 + len(payload) > MTU:
+            seen, kernel = None, "outer-fragments"  # the ring's filter takes no fragments
         sent = Sent(made, seen, kernel, Outer(local, peer, port))
         try:
             self._transmit(seq, peer, local, port, length, checksum, payload)
@@ -202,7 +208,7 @@ class Session:
         deadline = time.monotonic() + SETTLE_S
         while True:
             self._drain()
-            now_counters, now_snmp = self.bed.table.totals(), udp_snmp(self.bed.proc.pid)
+            now_counters, now_snmp = self.bed.table.totals(), self._kernel()
             delta = {k: now_counters[k] - counters[k] for k in now_counters}
             delta.update({k: now_snmp[k] - snmp[k] for k in now_snmp})
             read = delta["InDatagrams"]
@@ -217,6 +223,15 @@ class Session:
             if time.monotonic() > deadline:
                 return False, delta
             select.select([self.bed.capture], [], [], 0.002)
+
+    def _kernel(self) -> dict[str, int]:
+        """The appliance namespace's UDP counters; with the ring backend, what stands for them:
+        the datagrams the workers read (the rings take what the UDP stack would; a window fits a
+        ring as it fits a socket buffer) and no kernel refusals, which the classes foresee."""
+        if not self.bed.ring:
+            return udp_snmp(self.bed.proc.pid)
+        received = self.bed.table.totals()["received"]
+        return {"InDatagrams": received, "InErrors": 0, "RcvbufErrors": 0, "InCsumErrors": 0}
 
     def _drain(self) -> None:
         """Every reply waiting in the capture socket, to the datagram it answers."""
