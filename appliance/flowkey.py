@@ -160,8 +160,7 @@ def describe(key: FlowKey) -> tuple[str, int, str, int | None, str, int | None]:
     ends = key[_HEAD:]
     n = len(ends)
     size = 4 if n < 16 else 16
-    src = str(ipaddress.ip_address(ends[:size]))
-    dst = str(ipaddress.ip_address(ends[size : 2 * size]))
+    src, dst = _text(ends[:size]), _text(ends[size : 2 * size])
     sport: int | None = None
     dport: int | None = None
     if n in _ENDS_PORTED:
@@ -169,6 +168,15 @@ def describe(key: FlowKey) -> tuple[str, int, str, int | None, str, int | None]:
     elif n in _ENDS_ECHO:
         sport = dport = int.from_bytes(ends[2 * size :], "big")
     return key[:ENDPOINT_LEN].hex(), key[ENDPOINT_LEN], src, sport, dst, dport
+
+
+def _text(address: bytes) -> str:
+    """An address as text. IPv4 by hand: 0.3 us against ipaddress's 1.2 (a flow record holds
+    two: appliance/flowlog.py, deploy/bench/flowlog_profile.py)."""
+    if len(address) == 4:
+        a, b, c, d = address
+        return f"{a}.{b}.{c}.{d}"
+    return str(ipaddress.IPv6Address(address))
 
 
 def addresses_of(key: FlowKey) -> tuple[bytes, bytes]:

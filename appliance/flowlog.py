@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 import time
 from pathlib import Path
 
 import orjson
 
-from appliance.flowkey import ENDPOINT_LEN
+from appliance.flowkey import describe
 from appliance.flows import Flow
 from appliance.flowverdict import DROP, NAMES, PASS_INSPECT, PASS_PLAIN, REJECT
 
@@ -46,8 +45,6 @@ _DENIED = frozenset({DROP, REJECT})
 _PASSED = frozenset({PASS_PLAIN, PASS_INSPECT})
 _GONE = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTCONN})
 DEFAULT_RULE = -2
-_HEAD = ENDPOINT_LEN + 1  # endpoint and protocol: flowkey's layout
-_PORTS = struct.Struct("!HH")
 
 
 class FlowLog:
@@ -67,6 +64,9 @@ class FlowLog:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self._connected = False
+        # The monotonic clock to the wall clock: taken again at each flush, not per record.
+        self._wall = time.time_ns() - time.monotonic_ns()
+        self._second, self._second_text = -1, ""  # the last second stamped, and its text
 
     def close(self) -> None:
         self._sock.close()
@@ -89,13 +89,13 @@ class FlowLog:
     def _add(
         self, flow: Flow, event: str, reason: str | None, now_ns: int, audited: tuple[int, ...]
     ) -> None:
-        endpoint, protocol, src, src_port, dst, dst_port = _describe(flow.key)
-        wall = time.time_ns() - time.monotonic_ns()  # monotonic to wall clock, now
+        endpoint, protocol, src, src_port, dst, dst_port = describe(flow.key)
+        wall = self._wall
         record = {
             "event": event,
             "reason": reason,
-            "time": _stamp(now_ns + wall),
-            "start": _stamp(flow.created_ns + wall),
+            "time": self._stamp(now_ns + wall),
+            "start": self._stamp(flow.created_ns + wall),
             "duration_s": round((now_ns - flow.created_ns) / 1e9, 6),
             "worker": self.worker,
             "endpoint": endpoint,
@@ -115,6 +115,16 @@ class FlowLog:
         }
         self._pending.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
+    def _stamp(self, ns: int) -> str:
+        """RFC 3339, UTC, microseconds. Measured (deploy/bench/flowlog_profile.py): 7.3 us a
+        record with ipaddress and datetime's isoformat; 5.2 with IPv4 text by hand
+        (flowkey.describe) and the second's text kept for the records after it."""
+        seconds, micros = divmod(ns // 1000, 1_000_000)
+        if seconds != self._second:
+            self._second = seconds
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        return f"{self._second_text}.{micros:06d}Z"
+
     def _rule(self, index: int) -> str | None:
         if index == DEFAULT_RULE:
             return "default"
@@ -125,6 +135,7 @@ class FlowLog:
         pending = self._pending
         if not pending:
             return
+        self._wall = time.time_ns() - time.monotonic_ns()
         self._pending = []
         chunk: list[bytes] = []
         size = 0
@@ -150,31 +161,3 @@ class FlowLog:
                 self._sock.close()
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)
-
-
-# Measured (deploy/bench/flowlog_profile.py): 7.3 us a record with flowkey.describe (ipaddress)
-# and datetime's isoformat; 5.2 us with inet_ntop and the second's text kept for the next one.
-_seconds: list[object] = [None, ""]  # the last second stamped, and its text
-
-
-def _stamp(ns: int) -> str:
-    seconds, micros = divmod(ns // 1000, 1_000_000)
-    if _seconds[0] != seconds:
-        _seconds[0], _seconds[1] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_seconds[1]}.{micros:06d}Z"
-
-
-def _describe(key: bytes) -> tuple[str, int, str, int | None, str, int | None]:
-    """flowkey.describe, with the addresses by inet_ntop (0.3 us against ipaddress's 1.2)."""
-    ends = key[_HEAD:]
-    n = len(ends)
-    size, family = (4, socket.AF_INET) if n < 16 else (16, socket.AF_INET6)
-    src = socket.inet_ntop(family, ends[:size])
-    dst = socket.inet_ntop(family, ends[size : 2 * size])
-    sport: int | None = None
-    dport: int | None = None
-    if n in (12, 36):
-        sport, dport = _PORTS.unpack_from(ends, 2 * size)
-    elif n in (10, 34):
-        sport = dport = int.from_bytes(ends[2 * size :], "big")
-    return key[:ENDPOINT_LEN].hex(), key[ENDPOINT_LEN], src, sport, dst, dport

@@ -11,36 +11,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
 
 from appliance.sockets import SO_RCVBUFFORCE
 from config.schema import ApplianceConfig
+from supervisor.childproc import ChildProcess
 from supervisor.states import State
 
-RESTART_BASE_NS = 500_000_000
-RESTART_MAX_NS = 30_000_000_000
-STOP_TIMEOUT_NS = 5_000_000_000
 RECEIVE_BUFFER_BYTES = 8 << 20  # the bounded buffer between the workers and the writer
 CHILD_FD = 3
 
 log = logging.getLogger("applianced")
 
 
-class FlowLogService:
+class FlowLogService(ChildProcess):
     """The writer process: spawned, watched, restarted, stopped (module doc)."""
 
+    label = "flow record writer"
+
     def __init__(self, config: ApplianceConfig, log_fd: int) -> None:
+        super().__init__(config.flowlog.enabled)
         self.config, self.log_fd = config, log_fd
-        self.wanted = config.flowlog.enabled
-        self.state = State.STOPPED
-        self.pid = 0
-        self.restarts = 0
-        self.failures = 0
-        self.retry_at_ns = 0
-        self.kill_at_ns = 0
         self.sock: socket.socket | None = None
         if self.wanted:
             self.sock = self._bind()
@@ -81,38 +74,6 @@ class FlowLogService:
     def _where(self) -> str:
         flowlog = self.config.flowlog
         return "standard output" if flowlog.destination == "stdout" else str(flowlog.path)
-
-    def died(self, description: str, now_ns: int) -> None:
-        self.pid = 0
-        if self.state is State.STOPPING or not self.wanted:
-            self.state = State.STOPPED
-            return
-        self.failures += 1
-        delay = min(RESTART_BASE_NS << min(self.failures - 1, 10), RESTART_MAX_NS)
-        self.retry_at_ns = now_ns + delay
-        self.state = State.BACKOFF
-        log.warning("flow record writer %s; restart in %.1f s", description, delay / 1e9)
-
-    def tick(self, now_ns: int) -> None:
-        if self.state is State.BACKOFF and self.wanted and now_ns >= self.retry_at_ns:
-            self.restarts += 1
-            self.start(now_ns)
-        elif self.state is State.RUNNING and self.failures and now_ns - self.retry_at_ns > 60e9:
-            self.failures = 0
-        elif self.state is State.STOPPING and now_ns > self.kill_at_ns and self.pid:
-            os.kill(self.pid, signal.SIGKILL)
-
-    def stop(self, now_ns: int) -> None:
-        self.wanted = False
-        if self.state is State.RUNNING and self.pid:
-            os.kill(self.pid, signal.SIGTERM)
-            self.kill_at_ns = now_ns + STOP_TIMEOUT_NS
-            self.state = State.STOPPING
-        elif self.state is State.BACKOFF:
-            self.state = State.STOPPED
-
-    def stopped(self) -> bool:
-        return self.state is State.STOPPED
 
     def close(self) -> None:
         if self.sock is not None:

@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from config.schema import ApplianceConfig
+from supervisor.childproc import STOP_TIMEOUT_NS, ChildProcess
 from supervisor.files import write_whole
 from supervisor.schedattr import set_priority
 from supervisor.states import State
 
 PIDFILE = "health.pid"
-RESTART_BASE_NS = 500_000_000
-RESTART_MAX_NS = 30_000_000_000
-STOP_TIMEOUT_NS = 5_000_000_000
 PORT_RETRY_NS = 5_000_000_000  # how often a port someone else holds is tried again
 
 log = logging.getLogger("applianced")
@@ -53,21 +51,16 @@ def handle_closed(fd: int) -> Iterator[None]:
         os.close(fd)
 
 
-class HealthService:
+class HealthService(ChildProcess):
+    label = "health service"
+
     def __init__(self, config: ApplianceConfig, log_fd: int) -> None:
+        super().__init__(config.health.enabled)
         self.config = config
         self.log_fd = log_fd
         self.pidfile = config.runtime_dir / PIDFILE
         self.bind = f"{config.health.bind}:{config.health.port}"
-        self.pid = 0
-        # supervisord's states, as the workers have them: STOPPED, RUNNING, BACKOFF, STOPPING
-        self.state = State.STOPPED
-        self.restarts = 0
         self.port_problem = ""  # why the port cannot be bound, said once until it clears
-        self.failures = 0  # deaths in a row, for the restart delay
-        self.retry_at_ns = 0
-        self.kill_at_ns = 0
-        self.wanted = config.health.enabled
 
     def argv(self) -> list[str]:
         return [
@@ -167,39 +160,12 @@ class HealthService:
         self.state = State.RUNNING
         log.info("health service: gunicorn pid %d on %s", self.pid, self.bind)
 
-    def died(self, description: str, now_ns: int) -> None:
-        self.pid = 0
-        if self.state is State.STOPPING or not self.wanted:
-            self.state = State.STOPPED
-            with contextlib.suppress(FileNotFoundError):
-                self.pidfile.unlink()
-            return
-        self.failures += 1
-        delay = min(RESTART_BASE_NS << min(self.failures - 1, 10), RESTART_MAX_NS)
-        self.retry_at_ns = now_ns + delay
-        self.state = State.BACKOFF
-        log.warning("health service %s; restart in %.1f s", description, delay / 1e9)
+    def stopped_cleanly(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pidfile.unlink()
 
-    def tick(self, now_ns: int) -> None:
-        if self.state is State.BACKOFF and self.wanted and now_ns >= self.retry_at_ns:
-            self.restarts += 0 if self.port_problem else 1
-            self.start(now_ns)
-        elif self.state is State.RUNNING and self.failures and now_ns - self.retry_at_ns > 60e9:
-            self.failures = 0  # up for a minute: the next death starts the backoff afresh
-        elif self.state is State.STOPPING and now_ns > self.kill_at_ns and self.pid:
-            os.kill(self.pid, signal.SIGKILL)
-
-    def stop(self, now_ns: int) -> None:
-        self.wanted = False
-        if self.state is State.RUNNING and self.pid:
-            os.kill(self.pid, signal.SIGTERM)
-            self.kill_at_ns = now_ns + STOP_TIMEOUT_NS
-            self.state = State.STOPPING
-        elif self.state is State.BACKOFF:
-            self.state = State.STOPPED
-
-    def stopped(self) -> bool:
-        return self.state is State.STOPPED
+    def counts_as_restart(self) -> bool:
+        return not self.port_problem  # a port still taken: a retry, not a restart
 
     def status(self) -> dict[str, Any]:
         return {
