@@ -1,35 +1,34 @@
-"""The ring backend of the batch I/O seam: a TPACKET_V3 receive ring in, sendmmsg on the same
-packet socket out (appliance/ringsocket.py makes the socket; appliance/batch.py is the seam).
+"""The ring backend of the batch I/O seam: a TPACKET_V2 receive ring in, sendmmsg on the same
+packet socket out (appliance/ringsocket.py makes the socket and says why V2; appliance/batch.py is
+the seam).
 
 Why: on the socket path about three quarters of a packet's cost is the kernel's per-datagram
 socket work (the UDP stack, a socket buffer per datagram, recvmmsg's copies). Here the kernel
-copies each frame once into a ring shared with us and hands over whole blocks of frames; a batch
-costs at most a poll to wait and one sendmmsg to answer.
+copies each frame once into a ring shared with us; a batch costs at most a poll to wait and one
+sendmmsg to answer.
 
 Why the frames are copied again, into an arena like the socket backend's: the seam gives the
-loop a bytearray with ROOM bytes after each datagram (a rewrite grows it in place), and a
-TPACKET_V3 block packs its frames back to back. Copying a frame from its Ethernet header on into
-a fixed-size slot costs about 0.12 us in Python (the block walk 0.07 more, deploy/bench/README.md);
-in return every slot lies at a fixed stride, so the reply headers are made for the whole batch at
-once, with a few strided memoryview copies, as batchio.SendBatch does: the Ethernet addresses
-and the IPv4 addresses swapped, the UDP ports kept (GWLB's source port, 6081: DESIGN.md §1), the
-UDP checksum 0. Swapping the addresses leaves the IPv4 header checksum right (a ones' complement
-sum does not depend on the order of its words) and the received header was checked by the tap
-filter; only a reply whose length changed (a rewrite) gets its two lengths and, incrementally
-(RFC 1624), its header checksum fixed. The rest of the outer IPv4 header (TTL, DF, ID) is the
-received one's.
+loop a bytearray with ROOM bytes after each datagram (a rewrite grows it in place), while a ring
+frame is 2 KiB and goes back to the kernel as soon as it is read. Copying a frame from its
+Ethernet header on into a fixed-size slot costs about 0.12 us in Python (reading the frame's
+header 0.07 more, deploy/bench/README.md); in return every slot lies at a fixed stride, so the
+reply headers are made for the whole batch at once, with a few strided memoryview copies, as
+batchio.SendBatch does: the Ethernet addresses and the IPv4 addresses swapped, the UDP ports kept
+(GWLB's source port, 6081: DESIGN.md §1), the UDP checksum 0. Swapping the addresses leaves the
+IPv4 header checksum right (a ones' complement sum does not depend on the order of its words)
+and the received header was checked by the tap filter; only a reply whose length changed (a
+rewrite) gets its two lengths and, incrementally (RFC 1624), its header checksum fixed. The rest
+of the outer IPv4 header (TTL, DF, ID) is the received one's.
 
-Blocks go back to the kernel after the replies of the batch that took their last frames are
-sent (the sendmmsg between our reads of a block and the store that returns it orders them), or
-at the next receive.
+A datagram longer than a frame holds comes cut in its frame, flagged TP_STATUS_COPY, and whole
+in the socket's receive queue (PACKET_COPY_THRESH), in the ring's order: it is read from there.
+If the queue was full the kernel queued no copy; the cut frame is then flagged TRUNCATED and
+never answered, as the socket backend does with a datagram longer than its slot.
 
-Why each block's private area holds how many of its frames were taken: the ring outlives its
-worker (the supervisor owns the socket), so a restarted worker finds the blocks its predecessor
-held. It reads them from the oldest (by the blocks' sequence numbers) and skips the frames the
-predecessor had taken into a batch: like the socket backend, a crash loses the batch in hand
-and nothing that waited behind it, and a datagram that killed a worker is not shown to the next.
-The count is stored with the low half of the block's sequence number, so a count left from the
-block's previous turn round the ring reads as none.
+Why each frame goes back to the kernel as soon as it is copied: the ring outlives its worker
+(the supervisor owns the socket), so a restarted worker reads on from the oldest frame still
+the reader's. Like the socket backend, a crash loses the batch in hand and nothing that waited
+behind it, and a datagram that killed a worker is not shown to the next.
 
 Slot i of the arena: 2 spare bytes (so that the IPv4 addresses are 4-byte aligned), the
 received frame's Ethernet, IPv4 and UDP headers (42 bytes), then the datagram at
@@ -60,21 +59,18 @@ FRAME_AT = 2  # where the frame starts in its slot
 HEADROOM = FRAME_AT + OUTER_LEN  # where the datagram starts in its slot
 assert HEADROOM + ROOM <= SLOT_BYTES
 MAX_SNAP = OUTER_LEN + ROOM  # a longer frame comes to the loop cut, flagged TRUNCATED
-TP_STATUS_USER = 1
-TP_STATUS_KERNEL = 0
-# struct tpacket_block_desc: version, offset_to_priv, then block_status, num_pkts,
-# offset_to_first_pkt, blk_len, seq_num (u64), two timestamps.
-_BLOCK_STATUS_AT, _BLOCK_COUNT = 8, struct.Struct("=II")  # num_pkts, offset_to_first_pkt at 12
-_BLOCK_SEQ = struct.Struct("=Q")  # seq_num at 24
-_PRIVATE_AT = 48  # the block's private area (ringsocket.PRIVATE_BYTES): sequence, frames taken
-_PRIVATE = struct.Struct("=II")
-# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac
-_FRAME = struct.Struct("=I8xI4xIH")
+TP_STATUS_KERNEL, TP_STATUS_USER, TP_STATUS_COPY = 0, 1, 2
+# struct tpacket2_hdr: tp_status, tp_len (the frame's), tp_snaplen (what the ring holds: the tap
+# filter's snap length, up to the UDP datagram's end), tp_mac (then tp_net, tp_sec, tp_nsec)
+_FRAME = struct.Struct("=IIIH")
+_STAMP = struct.Struct("=II")  # tp_sec, tp_nsec at 16
+_UDP_LENGTH = struct.Struct("!H")  # the outer UDP length, 38 bytes into a frame
+_UDP_LENGTH_AT, _UDP_AT = OUTER_LEN - 4, OUTER_LEN - 8
 # A frame's UDP checksum needs no look when the device verified it (TP_STATUS_CSUM_VALID) or the
 # packet was made on this host and its checksum is still to be filled in (TP_STATUS_CSUMNOTREADY).
 _CHECKED = 0x80 | 0x08
 _POLLIN = 0x1
-_STATS = struct.Struct("=III")  # tpacket_stats_v3: packets, drops, times the queue froze
+_STATS = struct.Struct("=II")  # struct tpacket_stats: packets, drops
 _STATS_EVERY = 64  # receives between two reads of the ring's drop count (a system call)
 # The reply header's fields in a slot, as items of the arena's 16-bit and 32-bit views.
 _MAC_PAIRS = tuple(((FRAME_AT + k) // 2, (FRAME_AT + 6 + k) // 2) for k in (0, 2, 4))
@@ -97,10 +93,10 @@ _poll.restype = ctypes.c_int
 
 
 class RingBatchIO:
-    """appliance.batch.BatchIO over a packet socket with a TPACKET_V3 receive ring (module doc).
+    """appliance.batch.BatchIO over a packet socket with a TPACKET_V2 receive ring (module doc).
 
     `sock` comes from ringsocket.open_ring_socket with the same `geometry`; the ring is mapped
-    here, in the worker. Receives wait at most `wait_s` for a block.
+    here, in the worker. Receives wait at most `wait_s` for a frame.
     """
 
     def __init__(
@@ -115,29 +111,24 @@ class RingBatchIO:
         self.replies = [NO_REPLY] * size
         self._sock = sock
         self._fd = sock.fileno()
-        self._block_bytes, self._blocks = geometry.block_bytes, geometry.blocks
+        self._frame_bytes, self._frame_count = geometry.frame_bytes, geometry.frames
         self._ring = mmap.mmap(
             self._fd, geometry.ring_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
         )
         self._frames = memoryview(self._ring)
-        self._status = self._frames.cast("I")  # block i's status: item i * block_bytes // 4
+        self._status = self._frames.cast("I")  # frame i's status: item i * frame_bytes // 4
         self._arena = memoryview(self.buffer)
         self._wait_ms = max(1, int(wait_s * 1000))
         self._views: list[object] = []  # what the kernel's pointers point into, pinned
         self._pollfd = bytearray(struct.pack("=ihh", self._fd, _POLLIN, 0))  # struct pollfd
         self._pollfd_address = _address(self._pollfd, self._views)
-        # The block being read: its index, where its next frame is, how many frames are left,
-        # and where its count of frames taken is (with its sequence number: the module doc).
-        # _next: the block to read after it; None until the kernel's position is known.
-        self._block, self._at, self._left, self._taken_at, self._taken = 0, 0, 0, 0, 0
-        self._next: int | None = None
-        self._done: list[int] = []  # blocks whose frames are all taken, given back after flush
+        self._next: int | None = None  # the frame to read next; None until the kernel's is known
         self._starts = tuple(i * SLOT_BYTES + HEADROOM for i in range(size))
         self._results = [0] * (2 * size)  # flags and length per datagram: TRUNCATED or 0
         self._extras: list[tuple[int, bytes]] = []
         self._dropped = 0
         self._stats_in = 0
-        self.checksum_errors = 0  # datagrams dropped for a wrong UDP checksum (_copy)
+        self.checksum_errors = 0  # datagrams dropped for a wrong UDP checksum (_take)
         self._peers: dict[int, struct.Struct] = {}
         self._locals: dict[int, struct.Struct] = {}
         self._send_setup()
@@ -145,8 +136,7 @@ class RingBatchIO:
     # ---------------------------------------------------------------- receiving
 
     def receive(self) -> int:
-        """Wait (up to wait_s) for the kernel to hand over a block; take up to `size` frames."""
-        self._give_back()
+        """Wait (up to wait_s) for the kernel to hand over a frame; take up to `size` frames."""
         self._stats_in -= 1
         if self._stats_in < 0:
             self._read_stats()
@@ -156,95 +146,85 @@ class RingBatchIO:
         return self._take()
 
     def _take(self) -> int:
-        """Copy frames of the ready blocks into the arena, up to `size`; how many."""
-        n, size = 0, self.size
-        while n < size:
-            if not self._left and not self._open_block():
+        """The hot part: copy the frames the kernel handed over into the arena, up to `size`,
+        giving each back at once; how many slots they filled (a datagram whose UDP checksum is
+        wrong fills none: the UDP stack would have dropped it too)."""
+        index = self._next if self._next is not None else self._oldest_ready()
+        if index is None:
+            return 0
+        ring, frames, arena, results, status = (
+            self._ring, self._frames, self._arena, self._results, self._status
+        )  # fmt: skip
+        unpack, outer, checked = _FRAME.unpack_from, OUTER_LEN, _CHECKED
+        frame_bytes, last, words = self._frame_bytes, self._frame_count - 1, self._frame_bytes // 4
+        k, to, end = 0, FRAME_AT, 2 * self.size
+        while k < end:
+            at = index * frame_bytes
+            state, wire, snap, mac = unpack(ring, at)
+            if not state & TP_STATUS_USER:
                 break
-            count = min(self._left, size - n)
-            if count:
-                n += self._copy(n, count)
-                self._left -= count
-                self._taken += count
-                self._status[self._taken_at] = self._taken  # before the loop sees them
-            if not self._left:
-                self._done.append(self._block)
-        return n
-
-    def _copy(self, first: int, count: int) -> int:
-        """The hot part: `count` frames from the current block into slots first, first + 1...;
-        how many slots they filled (a datagram whose UDP checksum is wrong fills none: the UDP
-        stack would have dropped it too)."""
-        ring, frames, arena, results = self._ring, self._frames, self._arena, self._results
-        unpack, limit, outer, checked = _FRAME.unpack_from, MAX_SNAP, OUTER_LEN, _CHECKED
-        at, to, k = self._at, first * SLOT_BYTES + FRAME_AT, 2 * first
-        for _ in range(count):
-            step, snap, status, mac = unpack(ring, at)
             start = at + mac
-            at += step
-            if not status & checked and not _udp_checksum_right(frames[start : start + snap]):
+            if state & TP_STATUS_COPY:  # cut here, whole in the receive queue
+                wire, snap, flags = self._copied(to, frames[start : start + snap])
+            else:
+                flags = 0
+                if mac + snap == frame_bytes:  # as long as a frame holds: perhaps cut
+                    flags = _cut(frames[start : start + snap])
+                arena[to : to + snap] = frames[start : start + snap]
+            status[index * words] = TP_STATUS_KERNEL  # copied: the kernel's again
+            index = index + 1 if index < last else 0
+            if not state & checked and not flags and not _udp_checksum_right(arena[to : to + snap]):
                 self.checksum_errors += 1
                 continue
-            if snap > limit:  # larger than the room a slot has for it: cut, never answered
-                snap = limit
-                results[k] = TRUNCATED
-            else:
-                results[k] = 0
-            arena[to : to + snap] = frames[start : start + snap]
+            if wire != snap and not flags:
+                # Bytes past the UDP datagram (Ethernet padding, or an IPv4 packet longer than
+                # its datagram) were cut: the outer IPv4 total length the reply keeps is made
+                # the datagram's, or the GWLB side would drop the reply as truncated.
+                self._fix_lengths(k // 2, snap - outer)
+            results[k] = flags
             results[k + 1] = snap - outer
             k += 2
             to += SLOT_BYTES
-        self._at = at
-        return k // 2 - first
+        self._next = index
+        return k // 2
 
-    def _open_block(self) -> bool:
-        """Start on the next block if the kernel handed it over (False: none is ready)."""
-        block = self._next if self._next is not None else self._oldest_ready()
-        if block is None or block in self._done:  # the whole ring read, not yet given back
-            return False
-        at = block * self._block_bytes
-        if not self._status[(at + _BLOCK_STATUS_AT) >> 2] & TP_STATUS_USER:
-            return False
-        count, first = _BLOCK_COUNT.unpack_from(self._ring, at + _BLOCK_STATUS_AT + 4)
-        sequence = _BLOCK_SEQ.unpack_from(self._ring, at + 24)[0] & 0xFFFFFFFF
-        marked, taken = _PRIVATE.unpack_from(self._ring, at + _PRIVATE_AT)
-        if marked != sequence:  # the block's first reading: nothing taken yet
-            taken = 0
-            _PRIVATE.pack_into(self._ring, at + _PRIVATE_AT, sequence, 0)
-        self._block, self._at, self._left = block, at + first, count - min(taken, count)
-        self._taken_at, self._taken = (at + _PRIVATE_AT + 4) >> 2, min(taken, count)
-        for _ in range(self._taken):  # a predecessor's batch in hand: skipped (the module doc)
-            self._at += _FRAME.unpack_from(self._ring, self._at)[0]
-        self._next = (block + 1) % self._blocks
-        return True
+    def _copied(self, to: int, cut: memoryview) -> tuple[int, int, int]:
+        """A long datagram's whole frame from the receive queue into the slot at `to`: the
+        frame's length, the datagram's end in it, and flags. When the queue has none (it cannot
+        be, but the ring must go on), or the frame is longer than a slot holds, the slot gets
+        what there is, TRUNCATED."""
+        arena = self._arena
+        try:
+            length = self._sock.recv_into(
+                arena[to : to + MAX_SNAP], MAX_SNAP, socket.MSG_DONTWAIT | socket.MSG_TRUNC
+            )
+        except BlockingIOError:
+            arena[to : to + len(cut)] = cut
+            return len(cut), len(cut), TRUNCATED
+        if length > MAX_SNAP:
+            return length, MAX_SNAP, TRUNCATED
+        # The copy is the whole frame, padding and all: the datagram ends where UDP says, as
+        # the tap filter's snap length (checked there to lie within the frame).
+        end = _UDP_AT + _UDP_LENGTH.unpack_from(arena, to + _UDP_LENGTH_AT)[0]
+        return length, min(length, end), 0
 
     def _oldest_ready(self) -> int | None:
-        """Before the kernel's position is known (a new worker): the ready block it handed over
-        first, by sequence number, if any."""
-        ready = [b for b in range(self._blocks) if self._ready(b)]
-        if not ready:
+        """Before the kernel's position is known (a new worker): the oldest frame handed over
+        to the reader, if any. The reader's frames follow each other round the ring, so it is the
+        one after a kernel's frame; when all are the reader's, the earliest stamped."""
+        ready = [bool(word & TP_STATUS_USER) for word in self._status[:: self._frame_bytes // 4]]
+        if not any(ready):
             return None
+        firsts = [i for i, mine in enumerate(ready) if mine and not ready[i - 1]]
+        if firsts:
+            return firsts[0]
         return min(
-            ready, key=lambda b: _BLOCK_SEQ.unpack_from(self._ring, b * self._block_bytes + 24)[0]
+            range(len(ready)),
+            key=lambda i: _STAMP.unpack_from(self._ring, i * self._frame_bytes + 16),
         )
-
-    def _ready(self, block: int) -> bool:
-        return bool(
-            self._status[(block * self._block_bytes + _BLOCK_STATUS_AT) >> 2] & TP_STATUS_USER
-        )
-
-    def _release(self, block: int) -> None:
-        self._status[(block * self._block_bytes + _BLOCK_STATUS_AT) >> 2] = TP_STATUS_KERNEL
-
-    def _give_back(self) -> None:
-        done = self._done
-        if done:
-            for block in done:
-                self._release(block)
-            done.clear()
 
     def _wait(self) -> bool:
-        """poll(2) for a block; False on timeout or a signal (the loop then beats its heart)."""
+        """poll(2) for a frame; False on timeout or a signal (the loop then beats its heart)."""
         ready: int = _poll(self._pollfd_address, 1, self._wait_ms)
         if ready < 0 and ctypes.get_errno() not in (errno.EINTR, errno.EAGAIN):
             code = ctypes.get_errno()
@@ -255,9 +235,7 @@ class RingBatchIO:
         """Add the frames the kernel dropped for a full ring since the last read (reading
         PACKET_STATISTICS resets it)."""
         self._stats_in = _STATS_EVERY
-        _, drops, _ = _STATS.unpack(
-            self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-        )
+        _, drops = _STATS.unpack(self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size))
         self._dropped += drops
 
     @property
@@ -322,8 +300,7 @@ class RingBatchIO:
         self._extras.append((i, datagram))
 
     def flush(self, n: int) -> tuple[int, list[int]]:
-        """Send the replies queued for the first n datagrams, then the extras; give back the
-        blocks the batch emptied."""
+        """Send the replies queued for the first n datagrams, then the extras."""
         extras = self._extra_frames() if self._extras else []
         queued = self._prepare(n)
         sent, failures = self._send(queued)
@@ -333,7 +310,6 @@ class RingBatchIO:
                 sent += 1
             except OSError as error:
                 failures.append(error.errno or 0)
-        self._give_back()
         return sent, failures
 
     def _prepare(self, n: int) -> int:
@@ -429,10 +405,15 @@ class RingBatchIO:
 
     def close(self) -> None:
         """Unmap the ring (the socket stays the supervisor's)."""
-        self._give_back()
         self._status.release()
         self._frames.release()
         self._ring.close()
+
+
+def _cut(frame: memoryview) -> int:
+    """TRUNCATED when a frame that fills its ring frame holds less than its UDP datagram."""
+    (length,) = _UDP_LENGTH.unpack_from(frame, _UDP_LENGTH_AT)
+    return TRUNCATED if len(frame) < _UDP_AT + length else 0
 
 
 def _udp_checksum_right(frame: memoryview) -> bool:

@@ -72,8 +72,8 @@ def open_ring_tap(config: ApplianceConfig, slots: int) -> RingTap:
                 guard.close()
         raise
     facts = [
-        f"packet rings: {slots} on {iface.name}, {geometry.blocks} blocks of "
-        f"{geometry.block_bytes // 1024} KiB each, steering {plane.steering}",
+        f"packet rings: {slots} on {iface.name}, {geometry.frames} frames of "
+        f"{geometry.frame_bytes} bytes each, steering {plane.steering}",
         fact,
     ]
     for line in facts:

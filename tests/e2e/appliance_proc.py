@@ -28,7 +28,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.toml"
 # The I/O backend every Appliance of a test runs with (dataplane.io), set by the conftest's
 # `both_backends` fixture; "socket" is the default config's.
 BACKEND = ["socket"]
-RING_RETIRE_S = 0.02  # more than a ring block's retire timeout (appliance/ringsocket.py)
 
 
 def with_backend(text: str, backend: str | None = None) -> str:

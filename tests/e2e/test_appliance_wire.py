@@ -20,7 +20,6 @@ import pytest
 from appliance_proc import (
     APPLIANCED,
     BACKEND,
-    RING_RETIRE_S,
     Appliance,
     arrivals,
     config_text,
@@ -112,8 +111,8 @@ def stopped(tb: Testbed, worker: int) -> Iterator[Callable[..., None]]:
     datagram into a batch of its own: wait for the kernel's stopped state ('T') before anything
     is sent. The socket's receive queue grows with every datagram (nothing reads it while the
     worker is stopped), so each arrival is seen, and SIGCONT finds the whole batch waiting.
-    With the ring backend an arrival is counted by the nftables rule behind the ring, and the
-    ring hands its last block over within its retire timeout: SIGCONT waits that long more.
+    With the ring backend an arrival is counted by the nftables rule, which sees a frame after
+    the packet ring has it (ETH_P_ALL taps run before the ingress hook).
     """
 
     def queue(send: Callable[..., object], *args: object) -> None:
@@ -125,8 +124,6 @@ def stopped(tb: Testbed, worker: int) -> Iterator[Callable[..., None]]:
     try:
         assert wait_until(lambda: process_state(worker) == "T", 5.0, 0.001), "never stopped"
         yield queue
-        if BACKEND[0] == "ring":
-            time.sleep(RING_RETIRE_S)
     finally:
         os.kill(worker, signal.SIGCONT)
 

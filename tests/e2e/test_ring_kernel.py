@@ -1,6 +1,7 @@
 """The ring backend's kernel parts for real, one at a time: the tap filter and the fanout program
 run by the kernel on frames crafted with scapy, the ring's replies as they leave, a restarted
-worker's takeover of a ring, and the nftables rule. Two namespaces of this test's own, joined by
+worker's takeover of a ring, a full ring and datagrams longer than a frame, and the nftables
+rule. Two namespaces of this test's own, joined by
 a veth pair (198.18.7.0/24), deleted whatever happens."""
 
 from __future__ import annotations
@@ -118,6 +119,29 @@ def take(io: RingBatchIO, want: int, timeout_s: float = 2.0) -> list[bytes]:
         if n:
             io.flush(n)
     return got
+
+
+def listener_on(link: Link) -> socket.socket:
+    """A raw UDP socket on the sending side: it sees the replies as its kernel took them."""
+    with in_netns(link.tx):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    listener.settimeout(2)
+    return listener
+
+
+def replies_to(listener: socket.socket, count: int) -> list[Packet]:
+    """The next `count` packets from the tapped side, each with right lengths and checksum."""
+    replies: list[Packet] = []
+    while len(replies) < count:
+        packet = IP(listener.recv(65535))
+        if packet.src != RX_IP:
+            continue
+        assert packet.len == len(raw(packet)) == packet[UDP].len + 20
+        rebuilt = packet.copy()
+        del rebuilt.chksum
+        assert IP(raw(rebuilt)).chksum == packet.chksum
+        replies.append(packet)
+    return replies
 
 
 def test_the_tap_filter_keeps_what_the_udp_stack_would_take(link: Link) -> None:
@@ -249,9 +273,7 @@ def test_fanout_steers_both_directions_to_the_slot_reuseport_steering_picks(link
 def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link: Link) -> None:
     (sock,) = link.ring()
     first = RingBatchIO(sock, 2, GEOMETRY, wait_s=0.05)
-    with in_netns(link.tx):
-        listener = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-    listener.settimeout(2)
+    listener = listener_on(link)
     sender = link.sender()
     inner = IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=5, dport=7) / Raw(b"weakly typed")
     datagrams = [geneve(inner) + b"%d" % k for k in range(5)]
@@ -259,7 +281,6 @@ def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link:
         for datagram in datagrams:
             packet = IP(src=TX_IP, dst=RX_IP, ttl=9) / UDP(sport=40001, dport=6081)
             sender.send(link.frame(packet / Raw(datagram)))
-        time.sleep(0.05)  # all five in one block, handed over
         assert first.receive() == 2
         # A reply grown by 2 bytes (as a rewrite grows one), an unchanged one, and an extra.
         start = first.starts(2)[0]
@@ -268,25 +289,13 @@ def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link:
         first.replies[1] = len(datagrams[1])
         first.extra(1, b"an extra datagram")
         assert first.flush(2) == (3, [])
-        replies = []
-        while len(replies) < 3:
-            packet = IP(listener.recv(65535))
-            if packet.src == RX_IP:
-                replies.append(packet)
+        replies = replies_to(listener, 3)
         expected = [datagrams[0] + b"!!", datagrams[1], b"an extra datagram"]
         assert [bytes(p[UDP].payload) for p in replies] == expected
         for packet in replies:
-            assert (packet.src, packet.dst, packet.sport, packet.dport) == (
-                RX_IP,
-                TX_IP,
-                40001,
-                6081,
-            )
-            assert packet[UDP].chksum == 0 and packet.len == len(raw(packet))
-            assert packet[UDP].len == len(raw(packet)) - 20
-            rebuilt = packet.copy()
-            del rebuilt.chksum
-            assert IP(raw(rebuilt)).chksum == packet.chksum
+            addressed = (packet.src, packet.dst, packet.sport, packet.dport)
+            assert addressed == (RX_IP, TX_IP, 40001, 6081)
+            assert packet[UDP].chksum == 0
         # The next batch is taken, then its worker dies before answering: a new reader of the
         # same ring skips that batch in hand and takes what waited behind it.
         assert first.receive() == 2
@@ -295,6 +304,32 @@ def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link:
         second.close()
     finally:
         first.close()
+        for s in (sock, listener, sender):
+            s.close()
+
+
+def test_a_reply_to_a_datagram_with_bytes_after_it_says_its_own_length(link: Link) -> None:
+    """An IPv4 packet longer than its UDP datagram (the UDP stack trims the rest, as the tap
+    does), and a frame with Ethernet padding: each reply's IPv4 total length is the reply's,
+    so the GWLB side's kernel takes it rather than drop it as truncated."""
+    (sock,) = link.ring()
+    io = RingBatchIO(sock, 8, GEOMETRY, wait_s=0.05)
+    listener = listener_on(link)
+    sender = link.sender()
+    datagram = geneve(IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=5, dport=7) / b"tail")
+    outer = IP(src=TX_IP, dst=RX_IP)
+    udp = UDP(sport=40001, dport=6081, len=8 + len(datagram), chksum=0)
+    short = UDP(sport=40002, dport=6081, chksum=0) / b"tiny"  # 46 bytes, padded to 60
+    try:
+        sender.send(link.frame(outer / udp / Raw(datagram + b"after the datagram")))
+        sender.send(link.frame(outer / short) + bytes(14))
+        assert take(io, 2) == [datagram, b"tiny"]
+        io.replies[0], io.replies[1] = len(datagram), 4
+        assert io.flush(2) == (2, [])
+        replies = replies_to(listener, 2)
+        assert [bytes(p[UDP].payload) for p in replies] == [datagram, b"tiny"]
+    finally:
+        io.close()
         for s in (sock, listener, sender):
             s.close()
 
@@ -343,24 +378,63 @@ def test_the_nftables_rule_keeps_tapped_datagrams_from_the_udp_stack(link: Link)
             s.close()
 
 
-def test_a_batch_that_reads_the_whole_ring_stops_at_its_first_block(link: Link) -> None:
-    """Every block of the ring handed over, one frame each: one receive takes them all and
-    stops there (the blocks go back only after the batch is answered)."""
-    small = RingGeometry(1 << 17, 4)
+def small_ring(link: Link) -> tuple[socket.socket, RingGeometry]:
+    small = RingGeometry(1 << 16, 4)  # the least: 128 frames
     address = int.from_bytes(socket.inet_aton(RX_IP), "big")
     with in_netns(link.rx):
-        sock = open_ring_socket("v1", [address], 6081, small, 1 << 20)
+        return open_ring_socket("v1", [address], 6081, small, 1 << 20), small
+
+
+def test_a_full_ring_counts_what_it_dropped_and_reads_on_round_its_end(link: Link) -> None:
+    """More datagrams than the ring has frames, none read: the ring keeps the first 128 and
+    counts the rest dropped; read in batches they come in order, and the reader goes on round
+    the ring's end. A new reader then finds the oldest frame waiting, wherever it is."""
+    sock, small = small_ring(link)
+    assert small.frames == 128
     io = RingBatchIO(sock, 64, small, wait_s=0.05)
     with in_netns(link.tx):
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        for k in range(4):
-            sender.sendto(b"block %d" % k, (RX_IP, 6081))
-            time.sleep(0.01)  # past the retire timeout: a block each
-        assert io.receive() == 4
-        io.flush(4)
-        sender.sendto(b"after", (RX_IP, 6081))
-        assert take(io, 1) == [b"after"]
+        for k in range(200):
+            sender.sendto(b"first %d" % k, (RX_IP, 6081))
+        assert take(io, 128) == [b"first %d" % k for k in range(128)]
+        assert io.receive() == 0
+        assert io.rx_dropped == 72
+        for k in range(100):  # frames 0-99 again: past the ring's end from frame 128 on
+            sender.sendto(b"second %d" % k, (RX_IP, 6081))
+        assert take(io, 100) == [b"second %d" % k for k in range(100)]
+        for k in range(60):  # frames 100-127, then 0-31
+            sender.sendto(b"third %d" % k, (RX_IP, 6081))
+        later = RingBatchIO(sock, 64, small, wait_s=0.05)
+        assert take(later, 60) == [b"third %d" % k for k in range(60)]
+        later.close()
+    finally:
+        io.close()
+        sock.close()
+        sender.close()
+
+
+def test_a_datagram_longer_than_a_frame_is_read_whole_in_its_turn(link: Link) -> None:
+    """Frames are 2 KiB: a jumbo datagram comes whole from the receive queue, between its
+    neighbours in the ring, and its UDP checksum is checked as theirs are."""
+    sock, small = small_ring(link)
+    io = RingBatchIO(sock, 64, small, wait_s=0.05)
+    sender = link.sender()
+    sizes = [100, 1940, 1941, 8000, 64, 8973, 1500]
+    datagrams = [bytes([k]) * size for k, size in enumerate(sizes)]
+    try:
+        for datagram in datagrams:
+            packet = IP(src=TX_IP, dst=RX_IP) / UDP(sport=40001, dport=6081) / Raw(datagram)
+            sender.send(link.frame(packet))
+        # Bytes past the UDP datagram's end in a long IP packet: cut, as the UDP stack cuts them.
+        tail = UDP(sport=40001, dport=6081, len=8 + 5000, chksum=0) / Raw(b"y" * 5000 + b"tail")
+        sender.send(link.frame(IP(src=TX_IP, dst=RX_IP) / tail))
+        wrong = IP(raw(IP(src=TX_IP, dst=RX_IP) / UDP(sport=40001, dport=6081) / Raw(b"x" * 5000)))
+        wrong[UDP].chksum ^= 0x0101
+        sender.send(link.frame(wrong))
+        sender.send(link.frame(IP(src=TX_IP, dst=RX_IP) / UDP(sport=1, dport=6081) / b"end"))
+        assert take(io, len(datagrams) + 2) == [*datagrams, b"y" * 5000, b"end"]
+        assert io.checksum_errors == 1
     finally:
         io.close()
         sock.close()
