@@ -14,6 +14,11 @@ closed here, long before the supervisor forks.
 - net.core.rmem_max and rmem_default are raised (never lowered) to `interface.rmem_bytes`. They
   are host-wide: from inside a network namespace they cannot be written, which is only a warning
   because the worker sockets ask for their buffer with SO_RCVBUFFORCE anyway.
+- With flow records on, net.unix.max_dgram_qlen is raised (never lowered) to 512. The workers
+  send a batch's records as one datagram to the supervisor's socket, and a Unix datagram socket
+  queues at most that many datagrams whatever its buffer (the kernel's default, 10, would drop a
+  burst of eleven batches while the writer is busy). It is per network namespace and read when a
+  socket is made, so it is set here, before the supervisor binds that socket.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from appliance.errors import BootError
 from config.schema import ApplianceConfig
 
 MIN_MTU = 8500 + 68  # GWLB's largest inner packet plus the outer headers and Geneve options
+FLOWLOG_QUEUE_DATAGRAMS = 512  # net.unix.max_dgram_qlen with flow records on (module doc)
 SYSCTL = Path("/proc/sys")
 CHANGED = " -> "  # how a fact says that we changed something: "old -> new"
 
@@ -69,9 +75,15 @@ def configure_interfaces(config: ApplianceConfig, dry_run: bool = False) -> list
         facts += _ensure_rp_filter(iface.name, settings.rp_filter, dry_run)
     rmem = settings.rmem_bytes or config.dataplane.receive_buffer_bytes
     facts += [
-        _ensure_sysctl_at_least(f"net/core/{key}", rmem, dry_run)
+        _ensure_sysctl_at_least(f"net/core/{key}", rmem, dry_run, _HOST_WIDE)
         for key in ("rmem_max", "rmem_default")
     ]
+    if config.flowlog.enabled:
+        facts.append(
+            _ensure_sysctl_at_least(
+                "net/unix/max_dgram_qlen", FLOWLOG_QUEUE_DATAGRAMS, dry_run, _QUEUE_LEFT
+            )
+        )
     if not dry_run:
         for fact in facts:
             # A change to the host is worth an operator's attention; a fact is not.
@@ -174,7 +186,18 @@ def _ensure_sysctl(key: str, wanted: int, dry_run: bool) -> str:
     return f"{dotted} = {current} -> {_read(key)}"
 
 
-def _ensure_sysctl_at_least(key: str, wanted: int, dry_run: bool) -> str:
+# What an unwritable raise leaves, for the fact that says so: {dotted}, {current}, {wanted}.
+_HOST_WIDE = (
+    "{dotted} = {current}: host-wide, not writable from this network namespace; left as it is "
+    "(worker sockets force their own {wanted}-byte buffers)"
+)
+_QUEUE_LEFT = (
+    "{dotted} = {current}: not writable ({reason}); left as it is, so flow records beyond "
+    "{current} queued batches are dropped and counted (flowlog_dropped)"
+)
+
+
+def _ensure_sysctl_at_least(key: str, wanted: int, dry_run: bool, left: str) -> str:
     dotted = key.replace("/", ".")
     current = _read(key)
     if current >= wanted:
@@ -183,9 +206,6 @@ def _ensure_sysctl_at_least(key: str, wanted: int, dry_run: bool) -> str:
         return f"{dotted} = {current}: would raise to {wanted}"
     try:
         (SYSCTL / key).write_text(f"{wanted}\n")
-    except OSError:  # host-wide: read-only inside a network namespace, which is expected
-        return (
-            f"{dotted} = {current}: host-wide, not writable from this network namespace; "
-            f"left as it is (worker sockets force their own {wanted}-byte buffers)"
-        )
+    except OSError as error:  # rmem: host-wide, read-only inside a namespace, as expected
+        return left.format(dotted=dotted, current=current, wanted=wanted, reason=error.strerror)
     return f"{dotted} = {current} -> {_read(key)}"

@@ -44,15 +44,27 @@ def test_check_reports_and_changes_nothing(narrow_bed: Testbed, tmp_path: Path) 
     assert not (tmp_path / "run").exists()  # --check starts nothing
 
 
+def with_flowlog(text: str, path: Path) -> str:
+    flowlog = text.index("[flowlog]")
+    head, tail = text[:flowlog], text[flowlog:]
+    tail = tail.replace("enabled = false", "enabled = true", 1)
+    return head + tail.replace('"/var/log/gwlb-appliance/flows.log"', f'"{path}"', 1)
+
+
 def test_startup_raises_the_mtu_and_sets_rp_filter(narrow_bed: Testbed, tmp_path: Path) -> None:
     ns = narrow_bed.ns_app(1)
     runtime = tmp_path / "run-app1"
     text = config_text(runtime, manage="true", rp_filter="1", mtu="9001")
+    text = with_flowlog(text, tmp_path / "flows.log")
+    qlen = "/proc/sys/net/unix/max_dgram_qlen"
+    assert int(narrow_bed.read(ns, qlen)) == 10  # the kernel's default in a new namespace
     appliance = Appliance(narrow_bed, 1, tmp_path, config=text)
     assert mtu(ns, "eth0") == 9001
     assert rp_filter(narrow_bed, ns, "eth0") == 1
+    assert int(narrow_bed.read(ns, qlen)) == 512  # before the flow-record socket was made
     log = appliance.stderr()
     assert "interface setup: eth0: MTU 1500 -> 9001" in log
+    assert "interface setup: net.unix.max_dgram_qlen = 10 -> 512" in log
     assert appliance.stop() == 0
     # A second start finds everything right and changes nothing (idempotent).
     again_dir = tmp_path / "again"
