@@ -157,6 +157,19 @@ _BY_KEYWORD: dict[str, Any] = {
 Replacement = tuple[bytes, bytes, tuple[int, int] | None]
 
 
+class LaneRule(NamedTuple):
+    """A rule as fastpath.UdpLane asks it of a UDP packet: `decide`'s checks as plain values."""
+
+    rule: int  # its index in the policy
+    version: int  # `ip_version`; 0: either
+    ports: frozenset[int] | None  # `port` (either side); None: any
+    src_ports: frozenset[int] | None
+    dst_ports: frozenset[int] | None
+    needles: tuple[bytes, ...]  # `payload_contains`: each must be in the payload
+    action: Action  # pass, drop, reject or replace
+    replacement: Replacement
+
+
 class Decision(NamedTuple):
     verdict: Verdict
     rule: int  # index of the deciding rule; -1 when none decided, DEFAULT_RULE for the default
@@ -224,6 +237,12 @@ class Policy:
         self.stateful = track_flows or default is not Verdict.PASS or audit or any(decides_flows)
         self.packet_rules = tuple(
             r for r, d in zip(self.rules, decides_flows, strict=True) if not d
+        )
+        # `decide` for UDP as plain data, when every rule it asks of UDP has a shape the lane
+        # reads (fastpath.UdpLane); None: UDP takes `decide`. Only under a default that passes:
+        # a denying default makes the policy stateful, and the lane answers for `decide` alone.
+        self.udp_lane = (
+            _udp_lane(self._by_protocol[PROTO_UDP], self.rules) if default is Verdict.PASS else None
         )
 
     def decide(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes = b"") -> Decision:
@@ -365,6 +384,56 @@ def _by_protocol(
         )
         for proto in range(256)
     )
+
+
+def _udp_lane(
+    entries: tuple[_Compiled, ...], rules: tuple[Rule, ...]
+) -> tuple[LaneRule, ...] | None:
+    """The rules `decide` asks of a UDP packet (`entries`, in order) as LaneRules; None when one
+    has a shape the lane does not read (another condition, audit mode, an empty find): then
+    every UDP packet takes `decide`, as before the lane."""
+    lane = []
+    for entry in entries:
+        rule = rules[entry.rule]
+        if rule.action is Action.DROP_SEQ_MULTIPLE:
+            continue  # acts on ICMP echo only: never on UDP (`_evaluate`)
+        if rule.audit or rule.action not in _LANE_ACTIONS:
+            return None
+        if rule.action is Action.REPLACE and not rule.find:
+            return None
+        fields = _lane_fields(rule.match)
+        if fields is None:
+            return None
+        lane.append(LaneRule(entry.rule, *fields, rule.action, entry.replacement))
+    return tuple(lane)
+
+
+_LANE_ACTIONS = frozenset({Action.PASS, Action.DROP, Action.REJECT, Action.REPLACE})
+
+
+_LaneFields = tuple[
+    int, frozenset[int] | None, frozenset[int] | None, frozenset[int] | None, tuple[bytes, ...]
+]
+
+
+def _lane_fields(match: tuple[Condition, ...]) -> _LaneFields | None:
+    """(version, ports, src_ports, dst_ports, needles) of a rule's conditions, or None when one
+    is of a kind the lane does not read, or a kind other than payload_contains comes twice.
+    Exact types: a subclass may test something else."""
+    version, needles = 0, []
+    sets: dict[type[Condition], frozenset[int]] = {}
+    for condition in match:
+        if type(condition) is Protocol:
+            continue  # the lane is UDP's: `entries` are the rules that can match UDP
+        if type(condition) is PayloadContains:
+            needles.append(condition.needle)
+        elif type(condition) is IpVersion and not version and condition.version in (4, 6):
+            version = condition.version
+        elif type(condition) in (Port, SrcPort, _DstPort) and type(condition) not in sets:
+            sets[type(condition)] = condition.set  # type: ignore[attr-defined]
+        else:
+            return None
+    return version, sets.get(Port), sets.get(SrcPort), sets.get(_DstPort), tuple(needles)
 
 
 def word_changes(find: bytes, replace: bytes) -> tuple[int, int] | None:

@@ -5,7 +5,8 @@ where each datagram starts and the kernel's results as flat tuples, and queues a
 its length into `replies`; the backend writes the outer headers and sends when it flushes.
 Per packet the loop is flat: local-variable lookups, the fast path's one or two struct reads
 (fastpath.FastPath.classify), and only for a packet some rule may touch the policy
-(datapath.decide_parsed) or the full parse (datapath.decide_in_place). When the policy decides
+(datapath.decide_parsed; for UDP, the fast path's lane when the policy has one:
+fastpath.UdpLane) or the full parse (datapath.decide_in_place). When the policy decides
 flows (policy.py), each packet is looked up in the worker's flow table (flows.py) by a key read
 from its bytes; a packet of a flow already passed needs nothing more, and everything else goes to
 `_judge` (judging.py: the slow path, mixed in). A datagram that is malformed is counted and
@@ -189,7 +190,7 @@ class Worker(Judging):
         """
         io, c, flows = self.io, self.counters, self.flows
         buffer, replies = io.buffer, io.replies
-        classify, seen, judge = self._fast.classify, flows.seen, self._judge
+        classify, seen, judge, lane = self._fast.classify, flows.seen, self._judge, self._fast.lane
         get = flows.lookup
         generation, plain, inspect, skip = flows.generation, PASS_PLAIN, PASS_INSPECT, _SKIP
         decide_packet = self._policy.decide_packet
@@ -211,10 +212,18 @@ class Worker(Judging):
                 self._skip(flags)
                 continue
             if stateless:  # no rule decides flows: every packet on its own, as ever (policy.py)
-                parsed = classify(buffer, start, length)
+                parsed = classify(buffer, start, length, lane)
                 if parsed is True:
                     passed += 1
                     replies[i] = length
+                    continue
+                if isinstance(parsed, int):  # the UDP lane settled it (fastpath.UdpLane)
+                    if parsed >= 0:
+                        rewritten += 1
+                        replies[i] = parsed
+                    else:
+                        c[_DROPPED] += 1
+                        self._count_rule(~parsed)
                     continue
                 if parsed is None:
                     outcome, detail, end = decide_in_place(buffer, start, start + length, policy)
