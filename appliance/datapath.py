@@ -34,14 +34,15 @@ class Outcome(enum.IntEnum):
 
 
 def decide_in_place(
-    buf: bytearray, start: int, end: int, policy: Policy
+    buf: bytearray, start: int, end: int, policy: Policy, audited: list[int] | None = None
 ) -> tuple[Outcome, int, int]:
-    """(outcome, detail, end of the reply): the stateless decision, rewriting within the slot."""
+    """(outcome, detail, end of the reply): the stateless decision, rewriting within the slot;
+    the denials audit mode let pass are appended to `audited` (Policy.decide)."""
     parsed = parse_datagram(buf, start, end)
     if isinstance(parsed, int):
         return Outcome.MALFORMED, parsed, end
     pkt, endpoint = parsed
-    return decide_parsed(buf, pkt, policy, endpoint)
+    return decide_parsed(buf, pkt, policy, endpoint, audited)
 
 
 def parse_datagram(buf: bytearray, start: int, end: int) -> tuple[InnerPacket, bytes] | int:
@@ -56,14 +57,18 @@ def parse_datagram(buf: bytearray, start: int, end: int) -> tuple[InnerPacket, b
 
 
 def decide_parsed(
-    buf: bytearray, pkt: InnerPacket, policy: Policy, endpoint: bytes | None = None
+    buf: bytearray,
+    pkt: InnerPacket,
+    policy: Policy,
+    endpoint: bytes | None = None,
+    audited: list[int] | None = None,
 ) -> tuple[Outcome, int, int]:
     """The policy's verdict on an already parsed packet, carried out in place (see above).
     Without `endpoint`, the datagram is in GWLB's usual layout (the fast path parsed it). The
     endpoint id is looked for only when a rule of the policy reads it."""
     if endpoint is None:
         endpoint = usual_endpoint_id(buf, pkt.start) if policy.needs_endpoint else b""
-    return carry_out(buf, pkt, policy.decide(buf, pkt, endpoint))
+    return carry_out(buf, pkt, policy.decide(buf, pkt, endpoint, audited))
 
 
 def carry_out(buf: bytearray, pkt: InnerPacket, decision: Decision) -> tuple[Outcome, int, int]:

@@ -94,6 +94,7 @@ class Judging:
     _held: HeldBytes
     _audited: list[int]
     _last_audited: tuple[int, ...]
+    _packet_audits: list[int]
 
     def _stateful_other(self, buf: bytearray, start: int, length: int, now: int) -> int | None:
         """A packet, under a flow-deciding policy, that the loop's one read does not vouch for
@@ -117,7 +118,10 @@ class Judging:
             policy = self._policy
             endpoint = usual_endpoint_id(buf, start + 40) if policy.needs_endpoint else b""
             return self._carry(
-                buf, start, parsed, policy.decide_packet(buf, parsed, endpoint, flow.rule)
+                buf,
+                start,
+                parsed,
+                policy.decide_packet(buf, parsed, endpoint, flow.rule, self._packet_audits),
             )
         return self._judge(buf, start, length, parsed, key, flow, now)
 
@@ -151,7 +155,9 @@ class Judging:
         else:
             pkt, endpoint = parsed, usual_endpoint_id(buf, parsed.start)  # a rule may need it
         if key is None:  # a later fragment: no ports, no flow to go by; judged on its own
-            return self._carry(buf, start, pkt, policy.decide(buf, pkt, endpoint))
+            return self._carry(
+                buf, start, pkt, policy.decide(buf, pkt, endpoint, self._packet_audits)
+            )
         if flow is None or flow.generation != flows.generation:
             # What the flow has shown of the names the rules ask (nameflow.py); a flow judged
             # again after a reload keeps what it showed.
@@ -168,7 +174,8 @@ class Judging:
             self._decided(flow, now)
         verdict = flow.verdict
         if verdict == PASS_INSPECT:
-            return self._carry(buf, start, pkt, policy.decide_packet(buf, pkt, endpoint, flow.rule))
+            decision = policy.decide_packet(buf, pkt, endpoint, flow.rule, self._packet_audits)
+            return self._carry(buf, start, pkt, decision)
         if verdict in UNDECIDED:
             return self._undecided(buf, start, length, pkt, endpoint, key == flow.key, flow)
         return self._apply(buf, start, length, verdict, flow.rule)
@@ -229,7 +236,10 @@ class Judging:
         """Carry out a verdict just reached, on the packet that reached it."""
         if verdict == PASS_INSPECT:
             return self._carry(
-                buf, start, pkt, self._policy.decide_packet(buf, pkt, endpoint, rule)
+                buf,
+                start,
+                pkt,
+                self._policy.decide_packet(buf, pkt, endpoint, rule, self._packet_audits),
             )
         if verdict == INSPECTING:
             return self._inspect(buf, start, length, pkt, endpoint, forward, flow)
@@ -342,11 +352,7 @@ class Judging:
         decision = self._policy.decide_flow(buf, pkt, endpoint, names, audited)
         self._last_audited = ()
         if audited:
-            c = self.counters
-            for index in audited:
-                c[_AUDITED] += 1
-                if index >= 0:
-                    c[_AUDIT_BASE + min(index, _MAX_RULES - 1)] += 1
+            self._count_audits(audited)
             self._last_audited = tuple(audited)
             audited.clear()
         verdict, rule = decision.verdict, decision.rule
@@ -376,6 +382,14 @@ class Judging:
         else:
             return self._other(buf, start, outcome, detail, end)
         return end - start
+
+    def _count_audits(self, audited: list[int]) -> None:
+        """Denials audit mode let pass: each counted, and per rule (not the default's)."""
+        c = self.counters
+        for index in audited:
+            c[_AUDITED] += 1
+            if index >= 0:
+                c[_AUDIT_BASE + min(index, _MAX_RULES - 1)] += 1
 
     def _count_rule(self, rule: int) -> None:
         """A hit of the deciding rule, or of policy.default (rule < 0)."""

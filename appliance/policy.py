@@ -245,10 +245,19 @@ class Policy:
             _udp_lane(self._by_protocol[PROTO_UDP], self.rules) if default is Verdict.PASS else None
         )
 
-    def decide(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes = b"") -> Decision:
+    def decide(
+        self,
+        buf: Buffer,
+        pkt: InnerPacket,
+        endpoint: bytes = b"",
+        audited: list[int] | None = None,
+    ) -> Decision:
         """The verdict for the parsed inner packet `pkt` inside `buf`, from GWLB endpoint
-        `endpoint` (its 8-byte id), by every rule: the stateless answer."""
-        return self._evaluate(self._by_protocol, buf, pkt, endpoint, _ALL, self.default_decision)
+        `endpoint` (its 8-byte id), by every rule: the stateless answer. A denial that audit
+        mode lets pass is appended to `audited` (its rule, or DEFAULT_RULE)."""
+        return self._evaluate(
+            self._by_protocol, buf, pkt, endpoint, _ALL, self.default_decision, audited
+        )
 
     def decide_flow(
         self,
@@ -292,11 +301,19 @@ class Policy:
             audited.append(decision.rule)
         return Decision(_PASS_VERDICT, decision.rule, ())
 
-    def decide_packet(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes, upto: int) -> Decision:
+    def decide_packet(
+        self,
+        buf: Buffer,
+        pkt: InnerPacket,
+        endpoint: bytes,
+        upto: int,
+        audited: list[int] | None = None,
+    ) -> Decision:
         """What the packet rules before rule `upto` (the one that passed the flow; -1: none)
-        do to this packet of a passing flow: PASS, DROP, REWRITE or UNREWRITABLE."""
+        do to this packet of a passing flow: PASS, DROP, REWRITE or UNREWRITABLE; audit as
+        `decide`."""
         limit = _ALL if upto < 0 else upto
-        return self._evaluate(self._packet_rules, buf, pkt, endpoint, limit, PASS_DECISION)
+        return self._evaluate(self._packet_rules, buf, pkt, endpoint, limit, PASS_DECISION, audited)
 
     def inspects(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes, upto: int) -> bool:
         """Whether a packet rule before `upto` may act on packets of the flow `pkt` opens: its
@@ -318,12 +335,13 @@ class Policy:
         endpoint: bytes,
         limit: int,
         otherwise: Decision,
+        audited: list[int] | None,
     ) -> Decision:
         if pkt.fragment == _LATER:
             return PASS_DECISION
         rewrite: Decision | None = None  # the first matching replace's, extended by later ones
         passed = False  # a `pass` rule decided: the default does not apply
-        for index, _, checks, action, every, replacement, decided, _, _ in table[pkt.protocol]:
+        for index, _, checks, action, every, replacement, decided, _, audit in table[pkt.protocol]:
             if index >= limit:
                 break
             for check in checks:
@@ -338,16 +356,23 @@ class Policy:
                             rewrite = Decision(
                                 _REWRITE, rewrite.rule, (*rewrite.replacements, replacement)
                             )
-                elif action is _DROP_SEQ_MULTIPLE:
-                    if pkt.icmp_seq >= 0 and pkt.icmp_seq % every == 0:
-                        return decided
                 elif action is _PASS:
                     passed = True
                     break
-                else:  # drop, reject
-                    return decided
+                elif action is not _DROP_SEQ_MULTIPLE or (
+                    pkt.icmp_seq >= 0 and pkt.icmp_seq % every == 0
+                ):  # a denial: drop, reject, or an echo whose sequence number is a multiple
+                    if not (audit or self.audit):
+                        return decided
+                    if audited is not None:  # audit mode: counted, and the next rule asked
+                        audited.append(index)
         if not passed and otherwise.verdict is not _PASS_VERDICT:
-            return otherwise  # default deny: a replace is no decision to let a flow through
+            # Default deny: a replace is no decision to let a flow through.
+            if not self.audit:
+                return otherwise
+            if audited is not None:
+                audited.append(otherwise.rule)
+            return PASS_DECISION
         if rewrite is None:
             return PASS_DECISION
         if pkt.fragment != _WHOLE or pkt.routed or pkt.protocol not in REWRITABLE_PROTOCOLS:

@@ -128,6 +128,9 @@ class Worker(Judging):
         self._starts: Sequence[int] = ()  # where the batch's datagrams start
         self._audited: list[int] = []  # decide_flow's audit hits, counted and cleared each time
         self._last_audited: tuple[int, ...] = ()  # the last decision's, for its flow record
+        # The packet rules' audit hits (policy.decide, decide_packet), counted at the batch end:
+        # a flow record names only the audits that decided its flow (_audited).
+        self._packet_audits: list[int] = []
         self.flowlog: FlowLog | None = None  # flow records, when the config keeps them
         self._freeze_at = 0  # when the flow table's objects are next moved out of the gc's way
 
@@ -193,7 +196,7 @@ class Worker(Judging):
         classify, seen, judge, lane = self._fast.classify, flows.seen, self._judge, self._fast.lane
         get = flows.lookup
         generation, plain, inspect, skip = flows.generation, PASS_PLAIN, PASS_INSPECT, _SKIP
-        decide_packet = self._policy.decide_packet
+        decide_packet, audits = self._policy.decide_packet, self._packet_audits
         stateless, policy, other = not self._policy.stateful, self._policy, self._other
         pass_, rewrite, drop = _PASS, _REWRITE, _DROP
         rewritten = 0
@@ -226,9 +229,11 @@ class Worker(Judging):
                         self._count_rule(~parsed)
                     continue
                 if parsed is None:
-                    outcome, detail, end = decide_in_place(buffer, start, start + length, policy)
+                    outcome, detail, end = decide_in_place(
+                        buffer, start, start + length, policy, audits
+                    )
                 else:
-                    outcome, detail, end = decide_parsed(buffer, parsed, policy)
+                    outcome, detail, end = decide_parsed(buffer, parsed, policy, None, audits)
             else:
                 # TCP or UDP in the usual layout: proved well formed and keyed in one read
                 # (flowkey.USUAL_V4 / USUAL_V6) with the checks classify makes; 0.14 us a
@@ -319,7 +324,7 @@ class Worker(Judging):
                     replies[i] = length
                     continue
                 # The packet rules before the one that passed the flow act on it (policy.py).
-                decision = decide_packet(buffer, parsed, endpoint, flow.rule)
+                decision = decide_packet(buffer, parsed, endpoint, flow.rule, audits)
                 outcome, detail, end = carry_out(buffer, parsed, decision)
             # A packet's own outcome, either way.
             if outcome is pass_:
@@ -341,6 +346,9 @@ class Worker(Judging):
         c[_PASSED] += passed
         c[_REWRITTEN] += rewritten
         c[_RX_BUFFER_DROPS] = io.rx_dropped  # the socket's drops, as of this batch (batchio.py)
+        if audits:
+            self._count_audits(audits)
+            audits.clear()
         self._end_batch(now)
 
     def _end_batch(self, now: int) -> None:
