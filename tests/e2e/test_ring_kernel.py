@@ -308,6 +308,53 @@ def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link:
             s.close()
 
 
+def test_a_batch_of_any_size_is_answered_turned_around(link: Link) -> None:
+    """Small batches are turned around slot by slot, larger ones by strided copies: both give
+    every reply the swapped Ethernet and IPv4 addresses, the ports as they came, checksum 0."""
+    observer = observer_on(link)
+    (sock,) = link.ring()
+    io = RingBatchIO(sock, 16, GEOMETRY, wait_s=0.05)
+    listener = listener_on(link)
+    sender = link.sender()
+    try:
+        for count in (1, 4, 5, 16):
+            datagrams = [b"batch %d datagram %d" % (count, k) for k in range(count)]
+            for k, datagram in enumerate(datagrams):
+                packet = IP(src=TX_IP, dst=RX_IP) / UDP(sport=41000 + k, dport=6081)
+                sender.send(link.frame(packet / Raw(datagram)))
+            seen(observer, datagrams[-1])
+            assert io.receive() == count
+            for i, length in enumerate(io.results(count)[1::2]):
+                io.replies[i] = length
+            assert io.flush(count) == (count, [])
+            replies = replies_to(listener, count)
+            assert [bytes(p[UDP].payload) for p in replies] == datagrams
+            for k, packet in enumerate(replies):
+                addressed = (packet.src, packet.dst, packet.sport, packet.dport)
+                assert addressed == (RX_IP, TX_IP, 41000 + k, 6081)
+                assert packet[UDP].chksum == 0
+    finally:
+        io.close()
+        for s in (sock, listener, sender, observer):
+            s.close()
+
+
+def observer_on(link: Link) -> socket.socket:
+    """A plain packet socket on the tapped side, opened before the ring: the kernel shows each
+    frame to the newest packet socket first, so once this one has a frame the ring has it."""
+    with in_netns(link.rx):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sock.bind(("v1", 0))
+    sock.settimeout(2)
+    return sock
+
+
+def seen(observer: socket.socket, marker: bytes) -> None:
+    """Wait for the frame that ends with `marker` (earlier frames, ARP and such, pass by)."""
+    while not observer.recv(65535).endswith(marker):
+        pass
+
+
 def test_a_reply_to_a_datagram_with_bytes_after_it_says_its_own_length(link: Link) -> None:
     """An IPv4 packet longer than its UDP datagram (the UDP stack trims the rest, as the tap
     does), and a frame with Ethernet padding: each reply's IPv4 total length is the reply's,
