@@ -40,6 +40,26 @@
  *                 one in five is a multiple of 5 and dropped;
  *               5 TCP with port 3000 and "weakly typed" (2 also "drop me"): no rule for TCP, passed.
  *            Per 100 packets: 93 replies expected, 7 drops.
+ *   firewall 80 slots: 10 kinds of TCP connection x 8 packets each (build_firewall below; `gen
+ *            --describe --case firewall` lists them), for deploy/bench/firewall_policy.toml: SYN
+ *            (client -> server), SYN-ACK, ACK, data (--payload bytes) both ways, FIN both ways,
+ *            last ACK; the server's packets have the inner addresses and ports swapped, as a real
+ *            reply has. Position k of the cycle is packet k / 10 of connection kind k mod 10, so
+ *            10 connections are open at once per flow and each one's packets go in order. Every
+ *            cycle of a flow opens 10 NEW connections: connection number u (--first-conn, then
+ *            up) gives the client its port (1024 + u mod 64000) and address (10.128.0.0/10,
+ *            fdc1::/64) and the Geneve header its flow cookie, so no inner 5-tuple repeats in a
+ *            run (the JSON's firewall.next_conn is where the next gen run must start). The
+ *            kinds spread over 4 GWLB endpoint ids (Geneve option type 1); 7 kinds pass (5 IPv4,
+ *            2 IPv6) and 3 go where the policy drops (a default deny, telnet, a quarantined
+ *            IPv6 network): every packet of those gets no reply, both ways, so the verdict must
+ *            stick to the flow. Per 80 packets: 56 replies expected, 24 drops. The control
+ *            packets carry no payload: their stamp (below, with the connection number at 24) is
+ *            in a TCP option (kind 253, RFC 6994, ExID 0x4757); the data packets carry it as
+ *            their payload. A sender that could not send part of a batch sends that part again
+ *            (the other cases skip it), so no connection misses a packet. --pass-all: every
+ *            packet is due back unchanged, drops included (the C reflector, which does not
+ *            implement this policy: a pass-through baseline).
  * Every template is its own inner flow (addresses, ports, flow cookie); flow f sends template
  * f * slots + position. The receiver knows for each template whether a reply is expected and what
  * it must be: pass = byte-identical to what was sent (Geneve, inner headers, checksums, payload);
@@ -57,7 +77,10 @@
  *    36  7    "drop me", in the templates that carry it
  *    ..  ...  filler a..z
  * The transport checksum is correct for every packet: the sum of everything but the first 16
- * payload bytes is precomputed per template, the 8 words of sequence and time are added per packet.
+ * payload bytes is precomputed per template, the 8 words of sequence and time are added per packet
+ * (firewall: also the connection number, the client's address and port, and the IPv4 header
+ * checksum). The receiver rebuilds a firewall reply's expected bytes from its connection number.
+ * --dump N prints the first N packets of every flow as they would be sent (for tests).
  *
  * Every loop is bounded in packets and in time. The result is one JSON object on stdout.
  * Build: gcc -O2 -Wall -Wextra -pthread -o gen gen.c
@@ -125,6 +148,17 @@
 #define MAX_LOAD_CLIENTS 256
 #define MAX_LOAD_PROBES 200000 /* probe-load: every probe's latency is kept, up to this many */
 #define LOAD_STACK (256 << 10) /* a probe-load client thread's stack (probe_once needs ~5 KiB) */
+#define FW_KINDS 10 /* firewall: connection kinds, */
+#define FW_STEPS 8 /* packets per connection */
+#define FW_STAMP 32 /* the stamp a firewall packet varies: sequence, time, template, magic, conn */
+#define P_CONN 24 /* u64 connection number, in a firewall packet's stamp */
+#define FW_OPT_HDR 4 /* TCP option kind 253, length, ExID: the stamp follows */
+#define FW_OPT_LEN (FW_OPT_HDR + FW_STAMP)
+#define FW_PORTS 64000 /* client ports 1024 .. 65023 */
+#define FW_HOSTS 0x3fffffULL /* client addresses per family */
+#define FW_CONNS (FW_PORTS * FW_HOSTS) /* connection numbers before a 5-tuple could repeat */
+#define COOKIE_AT 36 /* the flow cookie's value in the Geneve options */
+#define MAX_DUMP 4096
 
 static const char WEAK[] = "weakly typed";
 static const char STRONG[] = "strongly typed";
@@ -138,16 +172,57 @@ static const char *const err_names[E_COUNT] = {
     "inner_ip_checksum", "inner_l4_checksum", "payload", "sequence", "duplicate"};
 
 /* Template classes (for the report) and what the policy must do with a template. */
-enum cls { C_PASS4, C_PASS6, C_REWRITE, C_DROP, C_ICMP, C_TCP3000, N_CLS };
+enum cls { C_PASS4, C_PASS6, C_REWRITE, C_DROP, C_ICMP, C_TCP3000, C_FW_ALLOW4, C_FW_ALLOW6,
+           C_FW_DENY4, C_FW_DENY6, N_CLS };
 static const char *const cls_names[N_CLS] = {"pass_v4", "pass_v6", "rewrite", "drop",
-                                             "icmp_echo", "tcp_3000"};
+                                             "icmp_echo", "tcp_3000", "fw_allow_v4",
+                                             "fw_allow_v6", "fw_deny_v4", "fw_deny_v6"};
 enum act { A_PASS, A_REWRITE, A_DROP };
 static const char *const act_names[] = {"pass", "rewrite", "drop"};
-enum { CASE_PASS, CASE_REWRITE, CASE_MIX };
+enum { CASE_PASS, CASE_REWRITE, CASE_MIX, CASE_FIREWALL };
+static const char *const case_names[] = {"pass", "rewrite", "mix", "firewall"};
 
 struct slot {
     uint8_t cls, v6, proto, act, dropme, icmp_mod; /* icmp_mod: echo sequence number mod 5 */
     uint16_t sport, dport; /* 0: the template's ephemeral port */
+    uint8_t kind, step; /* firewall: the connection kind and the packet of its connection */
+};
+
+/* The firewall case's GWLB endpoint ids, and its connection kinds: each kind's server, what
+ * deploy/bench/firewall_policy.toml does with it and the rule that decides ("": the default). */
+static const uint8_t fw_endpoints[4][8] = {
+    {0x2b, 0x8e, 0xe1, 0xd4, 0xdb, 0x0c, 0x51, 0xc4}, {0, 0, 0, 0, 0, 0, 0, 0xb2},
+    {0x7f, 0x00, 0xaa, 0x11, 0xbb, 0x22, 0xcc, 0x33}, {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef}};
+struct fw_kind {
+    uint8_t cls, v6, endpoint, act;
+    uint8_t server[16];
+    uint16_t port;
+    const char *rule;
+};
+static const struct fw_kind fw_kinds[FW_KINDS] = {
+    {C_FW_ALLOW4, 0, 0, A_PASS, {10, 0, 1, 80}, 443, "e0-web1"},
+    {C_FW_ALLOW4, 0, 1, A_PASS, {10, 1, 3, 80}, 80, "e1-web3"},
+    {C_FW_ALLOW4, 0, 2, A_PASS, {10, 2, 0, 80}, 8443, "e2-web0"},
+    {C_FW_ALLOW4, 0, 3, A_PASS, {10, 3, 5, 80}, 443, "e3-web5"},
+    {C_FW_ALLOW4, 0, 1, A_PASS, {10, 1, 99, 80}, 5432, ""},
+    {C_FW_ALLOW6, 1, 0, A_PASS, {0xfd, 0x00, 0x00, 0x02, [15] = 0x80}, 443, "e0-web2"},
+    {C_FW_ALLOW6, 1, 3, A_PASS, {0xfd, 0x03, 0x00, 0x04, [15] = 0x80}, 8080, "e3-web4"},
+    {C_FW_DENY4, 0, 2, A_DROP, {10, 2, 99, 80}, 443, "e2-deny"},
+    {C_FW_DENY4, 0, 0, A_DROP, {10, 0, 1, 80}, 23, "e0-telnet"},
+    {C_FW_DENY6, 1, 1, A_DROP, {0xfd, 0x01, 0x00, 0x66, [15] = 0x80}, 443, "e1-quarantine"},
+};
+/* A connection's packets in order: TCP flags, direction, data, and its sequence and
+ * acknowledgment numbers as ISN + n + p * payload (ack_n < 0: no ACK flag, field 0). */
+static const struct {
+    uint8_t flags, to_server, data, seq_n, seq_p;
+    int8_t ack_n;
+    uint8_t ack_p;
+    const char *name;
+} fw_steps[FW_STEPS] = {
+    {0x02, 1, 0, 0, 0, -1, 0, "syn"},      {0x12, 0, 0, 0, 0, 1, 0, "syn_ack"},
+    {0x10, 1, 0, 1, 0, 1, 0, "ack"},       {0x18, 1, 1, 1, 0, 1, 0, "data"},
+    {0x18, 0, 1, 1, 0, 1, 1, "data_reply"}, {0x11, 1, 0, 1, 1, 1, 1, "fin"},
+    {0x11, 0, 0, 1, 1, 2, 1, "fin_reply"}, {0x10, 1, 0, 2, 1, 2, 1, "last_ack"},
 };
 
 struct tpl {
@@ -158,12 +233,18 @@ struct tpl {
     uint16_t l4, pay, csum; /* offsets in the datagram: transport header, payload, checksum field */
     uint8_t cls, v6, udp;
     int flow;
+    /* firewall: the client's address (its last 4 bytes) and port, the IPv4 header's sum without
+     * them, the connection's kind and step */
+    uint16_t caddr, cport;
+    uint32_t ip_sum;
+    uint8_t fw, kind, step;
 };
 
 struct flow {
     int fd;
     uint16_t port;  /* outer UDP source port */
     uint32_t pos;   /* next instance: template position + slots * copy */
+    uint64_t cycle; /* firewall: cycles sent, each a new connection per kind */
     struct mmsghdr msgs[MAX_BATCH];
     struct iovec iov[MAX_BATCH];
     uint32_t batch_tpl[MAX_BATCH];
@@ -178,8 +259,10 @@ static struct {
     uint16_t base_port, probe_port;
     int rcvbuf, rx_nap_us;
     int paced, bucket_ms; /* --mode paced (a flood on a schedule), its timeline's bucket */
+    int pass_all, dump; /* firewall: every packet due back (a pass-through baseline); --dump N */
+    uint64_t first_conn; /* firewall: the first connection number */
 } opt = {1, 0, 0, 0, 0, "10.77.200.1", "10.77.200.2", 64, CASE_PASS, 16, 64, 50, 3.0, 10000.0,
-         0.0, 0, 50000, 80, 64 << 20, 100, 0, 100};
+         0.0, 0, 50000, 80, 64 << 20, 100, 0, 100, 0, 0, 0};
 
 static struct slot mix[MAX_SLOTS];
 static int n_slots, copies;
@@ -277,12 +360,32 @@ static uint16_t l4_field(uint32_t base, const uint8_t *stamp_at, int udp)
 static void add_slot(int cls, int v6, int proto, int sport, int dport, int act, int dropme, int mod)
 {
     mix[n_slots++] = (struct slot){(uint8_t)cls, (uint8_t)v6, (uint8_t)proto, (uint8_t)act,
-                                   (uint8_t)dropme, (uint8_t)mod, (uint16_t)sport, (uint16_t)dport};
+                                   (uint8_t)dropme, (uint8_t)mod, (uint16_t)sport, (uint16_t)dport,
+                                   0, 0};
+}
+
+/* The firewall case: slot kind * FW_STEPS + step is packet `step` of a connection of that kind
+ * (the server's port is the destination from the client, the source from the server). */
+static void build_firewall(void)
+{
+    for (int k = 0; k < FW_KINDS; k++) {
+        const struct fw_kind *kd = &fw_kinds[k];
+        for (int st = 0; st < FW_STEPS; st++) {
+            uint16_t port = fw_steps[st].to_server ? 0 : kd->port;
+            mix[n_slots++] = (struct slot){kd->cls, kd->v6, P_TCP, kd->act, 0, 0, port,
+                                           (uint16_t)(port ? 0 : kd->port), (uint8_t)k,
+                                           (uint8_t)st};
+        }
+    }
 }
 
 static void build_mix(void)
 {
     n_slots = 0;
+    if (opt.which == CASE_FIREWALL) {
+        build_firewall();
+        return;
+    }
     if (opt.which == CASE_PASS) {
         add_slot(C_PASS4, 0, P_UDP, 0, PASS_PORT, A_PASS, 0, 0);
         return;
@@ -341,8 +444,14 @@ static void build_mix(void)
     add_slot(C_TCP3000, 1, P_TCP, 0, POLICY_PORT, A_PASS, 0, 0);
 }
 
-/* The slot sent at position k of a flow's cycle. */
-static int slot_at(int k) { return n_slots == MAX_SLOTS ? k * MIX_STRIDE % MAX_SLOTS : k; }
+/* The slot sent at position k of a flow's cycle (firewall: packet k / 10 of kind k mod 10, so
+ * the cycle's 10 connections are open together and each one's packets go in order). */
+static int slot_at(int k)
+{
+    if (opt.which == CASE_FIREWALL)
+        return k % FW_KINDS * FW_STEPS + k / FW_KINDS;
+    return n_slots == MAX_SLOTS ? k * MIX_STRIDE % MAX_SLOTS : k;
+}
 
 /* Geneve header + AWS options (class 0x0108: type 1 endpoint id, 2 attachment id, 3 cookie). */
 static void write_geneve(uint8_t *g, int v6, uint32_t cookie)
@@ -456,6 +565,114 @@ static uint32_t build(uint8_t *out, const struct slot *s, int f, int k, uint32_t
     return (uint32_t)len;
 }
 
+/* The firewall's connection u: its client's port, address (IPv4, or an IPv6 address's last 4
+ * bytes) and flow cookie. Connection numbers under FW_CONNS never share a 5-tuple. */
+static uint16_t fw_client_port(uint64_t u) { return (uint16_t)(1024 + u % FW_PORTS); }
+static uint32_t fw_client32(uint64_t u) { return 0x0a800001u + (uint32_t)(u / FW_PORTS); }
+static uint32_t fw_cookie(int kind, uint64_t u)
+{
+    return 0xf1000000u ^ (uint32_t)((u * FW_KINDS + (uint64_t)kind) * 2654435761u);
+}
+
+/*
+ * Build firewall template `id` (slot s) into out for no connection in particular: the client's
+ * address and port, the stamp (connection number included) and both checksums zero; the rest
+ * as every connection of its kind has it. Sets the offsets in t and returns the length; *sum gets
+ * the TCP checksum sum without the fields fw_instance and stamp fill in.
+ */
+static uint32_t build_fw(uint8_t *out, const struct slot *s, uint32_t id, struct tpl *t,
+                         uint32_t *sum)
+{
+    const struct fw_kind *kd = &fw_kinds[s->kind];
+    int to_server = fw_steps[s->step].to_server, data = fw_steps[s->step].data;
+    size_t ip_len = s->v6 ? IP6_LEN : IP4_LEN, hdr = TCP_LEN + (data ? 0 : FW_OPT_LEN);
+    size_t l4 = GENEVE_LEN + ip_len, plen = data ? (size_t)opt.payload : 0;
+    size_t l4_len = hdr + plen, len = l4 + l4_len;
+    memset(out, 0, len);
+    write_geneve(out, s->v6, 0);
+    memcpy(out + 12, fw_endpoints[kd->endpoint], 8); /* the endpoint id option's value */
+    uint8_t *ip = out + GENEVE_LEN, *tp = out + l4;
+    if (!s->v6) {
+        ip[0] = 0x45;
+        put16(ip + 2, (uint16_t)(ip_len + l4_len));
+        put16(ip + 4, (uint16_t)(1 + id * 13));
+        put16(ip + 6, 0x4000); /* DF */
+        ip[8] = 64;
+        ip[9] = P_TCP;
+        memcpy(ip + (to_server ? 16 : 12), kd->server, 4);
+        t->caddr = (uint16_t)(GENEVE_LEN + (to_server ? 12 : 16));
+        t->ip_sum = sum16(ip, 10, sum16(ip + 12, 8, 0));
+    } else {
+        static const uint8_t client[12] = {0xfd, 0xc1}; /* fdc1::/64, the last 4 bytes vary */
+        uint32_t label = id * 40503u & 0xfffff;
+        ip[0] = 0x60;
+        ip[1] = (uint8_t)(label >> 16);
+        put16(ip + 2, (uint16_t)label);
+        put16(ip + 4, (uint16_t)l4_len);
+        ip[6] = P_TCP;
+        ip[7] = 64;
+        memcpy(ip + (to_server ? 8 : 24), client, sizeof client);
+        memcpy(ip + (to_server ? 24 : 8), kd->server, 16);
+        t->caddr = (uint16_t)(GENEVE_LEN + (to_server ? 8 : 24) + 12);
+    }
+    uint32_t isn_c = 0x10000000u + s->kind * 0x01000193u, isn_s = 0x20000000u + s->kind * 7919u;
+    uint32_t mine = to_server ? isn_c : isn_s, theirs = to_server ? isn_s : isn_c;
+    put16(tp + (to_server ? 2 : 0), kd->port);
+    t->cport = (uint16_t)(l4 + (to_server ? 0 : 2));
+    put32(tp + 4, mine + fw_steps[s->step].seq_n + fw_steps[s->step].seq_p * (uint32_t)opt.payload);
+    if (fw_steps[s->step].ack_n >= 0)
+        put32(tp + 8, theirs + (uint32_t)fw_steps[s->step].ack_n
+                          + fw_steps[s->step].ack_p * (uint32_t)opt.payload);
+    tp[12] = (uint8_t)(hdr / 4 << 4); /* data offset */
+    tp[13] = fw_steps[s->step].flags;
+    put16(tp + 14, to_server ? 64240 : 65160);
+    size_t pay = l4 + TCP_LEN;
+    if (!data) { /* the stamp in an experimental option (RFC 6994): kind 253, length, ExID */
+        static const uint8_t head[FW_OPT_HDR] = {253, FW_OPT_LEN, 0x47, 0x57};
+        memcpy(tp + TCP_LEN, head, FW_OPT_HDR);
+        pay += FW_OPT_HDR;
+    }
+    uint8_t *p = out + pay;
+    memcpy(p + P_TPL, &id, 4);
+    memcpy(p + P_MAGIC, "GWBN", 4);
+    for (size_t i = FW_STAMP; i < plen; i++)
+        p[i] = (uint8_t)('a' + i % 26);
+    uint32_t total = sum16(tp, l4_len, 0);
+    total = s->v6 ? sum16(ip + 8, 32, total) : sum16(ip + 12, 8, total);
+    *sum = fold(total + P_TCP + (uint32_t)l4_len);
+    t->l4 = (uint16_t)l4;
+    t->pay = (uint16_t)pay;
+    t->csum = (uint16_t)(l4 + 16);
+    t->fw = 1;
+    t->kind = s->kind;
+    t->step = s->step;
+    return (uint32_t)len;
+}
+
+/* Connection u into a packet of firewall template t: its flow cookie, client address and port,
+ * connection number, and IPv4 header checksum (the TCP checksum is stamp's). */
+static void fw_instance(uint8_t *pkt, const struct tpl *t, uint64_t u)
+{
+    uint8_t addr[4];
+    put32(addr, fw_client32(u));
+    put32(pkt + COOKIE_AT, fw_cookie(t->kind, u));
+    memcpy(pkt + t->caddr, addr, 4);
+    put16(pkt + t->cport, fw_client_port(u));
+    memcpy(pkt + t->pay + P_CONN, &u, 8);
+    if (!t->v6)
+        put16(pkt + GENEVE_LEN + 10, (uint16_t)~fold(sum16(addr, 4, t->ip_sum)));
+}
+
+/* The TCP checksum of a firewall packet whose stamp and connection are in place (the template
+ * index and magic between them are in base_sum already). */
+static uint16_t fw_l4_field(const uint8_t *pkt, const struct tpl *t)
+{
+    uint32_t sum = sum16(pkt + t->pay, STAMP_BYTES, t->base_sum);
+    sum = sum16(pkt + t->pay + P_CONN, 8, sum);
+    sum = sum16(pkt + t->caddr, 4, sum);
+    return (uint16_t)~fold(sum16(pkt + t->cport, 2, sum));
+}
+
 static void build_templates(void)
 {
     static uint8_t sent_pkt[RX_SLOT], reply[RX_SLOT];
@@ -477,6 +694,10 @@ static void build_templates(void)
             /* An IPv4 header checksum of 0 has a second form (0xffff): pick an identification
              * that avoids it, before and after a rewrite, so a reply can be compared byte-wise. */
             for (uint16_t ip_id = (uint16_t)(1 + id * 13), tries = 0; tries < 100; ip_id++, tries++) {
+                if (opt.which == CASE_FIREWALL) { /* nothing rewritten: any checksum compares */
+                    len = build_fw(sent_pkt, s, id, t, &sum);
+                    break;
+                }
                 len = build(sent_pkt, s, f, k, id, 0, ip_id, t, &sum);
                 if (s->act == A_REWRITE)
                     rlen = build(reply, s, f, k, id, 1, ip_id, t, &rsum);
@@ -491,7 +712,7 @@ static void build_templates(void)
                 die("malloc");
             for (int c = 0; c < copies; c++)
                 memcpy(t->pkts + (size_t)c * len, sent_pkt, len);
-            if (s->act != A_DROP) {
+            if (s->act != A_DROP || opt.pass_all) {
                 t->expect_len = s->act == A_REWRITE ? rlen : len;
                 t->expect_sum = s->act == A_REWRITE ? rsum : sum;
                 t->expect = malloc(t->expect_len);
@@ -503,25 +724,66 @@ static void build_templates(void)
     }
 }
 
+static void print_address(int v6, const uint8_t *a)
+{
+    char text[INET6_ADDRSTRLEN];
+    inet_ntop(v6 ? AF_INET6 : AF_INET, a, text, sizeof text);
+    printf("\"%s\"", text);
+}
+
+/* The firewall's connection kinds, and where the connections' clients come from. */
+static void describe_firewall(void)
+{
+    uint8_t first4[4], first6[16] = {0xfd, 0xc1};
+    put32(first4, fw_client32(0));
+    put32(first6 + 12, fw_client32(0));
+    printf(",\n \"packets_per_connection\": %d, \"clients\": {\"ipv4\": \"10.128.0.0/10\", "
+           "\"ipv6\": \"fdc1::/64\", \"ports\": \"1024-%d\", \"connections\": %llu, "
+           "\"first\": [", FW_STEPS, 1023 + FW_PORTS, (unsigned long long)FW_CONNS);
+    print_address(0, first4);
+    printf(", ");
+    print_address(1, first6);
+    printf(", %u]},\n \"connections\": [", fw_client_port(0));
+    for (int k = 0; k < FW_KINDS; k++) {
+        const struct fw_kind *kd = &fw_kinds[k];
+        printf("%s\n {\"kind\": %d, \"class\": \"%s\", \"ip\": %d, \"endpoint\": \"", k ? "," : "",
+               k, cls_names[kd->cls], kd->v6 ? 6 : 4);
+        for (int i = 0; i < 8; i++)
+            printf("%02x", fw_endpoints[kd->endpoint][i]);
+        printf("\", \"server\": ");
+        print_address(kd->v6, kd->server);
+        printf(", \"port\": %u, \"expect\": \"%s\", \"rule\": \"%s\"}", kd->port,
+               act_names[kd->act], kd->rule);
+    }
+    printf("]");
+}
+
 /* `gen --describe`: the slots of --case, in slot order, and the order they are sent in. */
 static int describe(void)
 {
     static const char *const protos[] = {[P_UDP] = "udp", [P_TCP] = "tcp", [P_ICMP] = "icmp",
                                          [P_ICMP6] = "icmpv6"};
-    printf("{\"case\": \"%s\", \"slots\": [",
-           opt.which == CASE_MIX ? "mix" : opt.which == CASE_REWRITE ? "rewrite" : "pass");
+    printf("{\"case\": \"%s\", \"slots\": [", case_names[opt.which]);
     for (int i = 0; i < n_slots; i++) {
         const struct slot *s = &mix[i];
         printf("%s\n {\"class\": \"%s\", \"ip\": %d, \"proto\": \"%s\", \"sport\": %u, "
-               "\"dport\": %u, \"expect\": \"%s\", \"drop_me\": %s, \"icmp_seq_mod5\": %d}",
+               "\"dport\": %u, \"expect\": \"%s\", \"drop_me\": %s, \"icmp_seq_mod5\": %d",
                i ? "," : "", cls_names[s->cls], s->v6 ? 6 : 4, protos[s->proto], s->sport,
                s->dport, act_names[s->act], s->dropme ? "true" : "false",
                s->proto == P_UDP || s->proto == P_TCP ? -1 : s->icmp_mod);
+        if (opt.which == CASE_FIREWALL)
+            printf(", \"kind\": %d, \"step\": \"%s\", \"tcp_flags\": %d, \"to_server\": %s",
+                   s->kind, fw_steps[s->step].name, fw_steps[s->step].flags,
+                   fw_steps[s->step].to_server ? "true" : "false");
+        printf("}");
     }
     printf("],\n \"send_order\": [");
     for (int k = 0; k < n_slots; k++)
         printf("%s%d", k ? ", " : "", slot_at(k));
-    printf("]}\n");
+    printf("]");
+    if (opt.which == CASE_FIREWALL)
+        describe_firewall();
+    printf("}\n");
     return 0;
 }
 
@@ -532,7 +794,10 @@ static void stamp(uint8_t *pkt, const struct tpl *t, uint64_t seq, int64_t when)
 {
     memcpy(pkt + t->pay + P_SEQ, &seq, 8);
     memcpy(pkt + t->pay + P_TIME, &when, 8);
-    put16(pkt + t->csum, l4_field(t->base_sum, pkt + t->pay, t->udp));
+    if (t->fw)
+        put16(pkt + t->csum, fw_l4_field(pkt, t));
+    else
+        put16(pkt + t->csum, l4_field(t->base_sum, pkt + t->pay, t->udp));
 }
 
 /* The next packet buffer of flow f (cycling through its templates and their copies). */
@@ -541,7 +806,39 @@ static uint8_t *next_packet(struct flow *fl, int f, uint32_t *id)
     uint32_t j = fl->pos;
     fl->pos = j + 1 == (uint32_t)(n_slots * copies) ? 0 : j + 1;
     *id = (uint32_t)(f * n_slots) + j % (uint32_t)n_slots;
-    return tpls[*id].pkts + (size_t)(j / (uint32_t)n_slots) * tpls[*id].len;
+    uint8_t *p = tpls[*id].pkts + (size_t)(j / (uint32_t)n_slots) * tpls[*id].len;
+    if (opt.which == CASE_FIREWALL) { /* each cycle (and copy) of a flow: new connections */
+        uint64_t instance = fl->cycle * (uint64_t)copies + j / (uint32_t)n_slots;
+        fw_instance(p, &tpls[*id], opt.first_conn + instance * (uint64_t)opt.flows + (uint64_t)f);
+        if (!fl->pos)
+            fl->cycle++;
+    }
+    return p;
+}
+
+/* Firewall: take back the last k packets next_packet gave out (they were not sent), so they go
+ * next: a connection that missed a packet would meet the policy differently. */
+static void unsend(struct flow *fl, int k)
+{
+    if (opt.which != CASE_FIREWALL)
+        return; /* the other cases skip what was not sent */
+    for (; k > 0; k--) {
+        if (!fl->pos) {
+            fl->pos = (uint32_t)(n_slots * copies);
+            fl->cycle--;
+        }
+        fl->pos--;
+    }
+}
+
+/* Firewall: the first connection number no flow has used (where the next gen run starts). */
+static uint64_t next_conn(void)
+{
+    uint64_t cycles = 0;
+    for (int f = 0; f < opt.flows; f++)
+        if (flows[f].cycle + 1 > cycles)
+            cycles = flows[f].cycle + 1;
+    return opt.first_conn + cycles * (uint64_t)copies * (uint64_t)opt.flows;
 }
 
 static void count_send_error(int e)
@@ -598,6 +895,7 @@ static void paced_sender(int64_t deadline)
         }
         int n = sendmmsg(fl->fd, fl->msgs, (unsigned)opt.batch, MSG_DONTWAIT);
         send_calls++;
+        unsend(fl, n < 0 ? opt.batch : opt.batch - n);
         if (n < 0) {
             count_send_error(errno);
         } else {
@@ -636,6 +934,7 @@ static void *sender(void *arg)
             int n = sendmmsg(fl->fd, fl->msgs, (unsigned)opt.batch, MSG_DONTWAIT);
             send_calls++;
             t = now_ns();
+            unsend(fl, n < 0 ? opt.batch : opt.batch - n);
             if (n < 0) {
                 count_send_error(errno);
             } else {
@@ -662,6 +961,7 @@ static void *sender(void *arg)
             ssize_t n = send(fl->fd, p, tpls[id].len, MSG_DONTWAIT);
             send_calls++;
             if (n < 0) {
+                unsend(fl, 1);
                 count_send_error(errno);
             } else {
                 tpl_sent[id]++;
@@ -713,9 +1013,12 @@ static enum err_kind check_reply(const uint8_t *d, size_t n, const struct sockad
         return E_UNKNOWN;
     }
     hdr = proto == P_TCP ? TCP_LEN : proto == P_UDP || proto == P_ICMP || proto == P_ICMP6 ? 8 : 0;
-    if (!hdr || n < l4 + hdr + P_TEXT)
+    size_t at = l4 + hdr; /* the stamp: the payload's start, or a TCP option's (firewall) */
+    if (proto == P_TCP && n >= l4 + TCP_LEN && d[l4 + 12] >> 4 > TCP_LEN / 4)
+        at += FW_OPT_HDR;
+    if (!hdr || n < at + P_TEXT)
         return E_UNKNOWN;
-    const uint8_t *pay = d + l4 + hdr;
+    const uint8_t *pay = d + at;
     uint32_t id;
     memcpy(&id, pay + P_TPL, 4);
     if (memcmp(pay + P_MAGIC, "GWBN", 4) || id >= n_tpl)
@@ -729,6 +1032,20 @@ static enum err_kind check_reply(const uint8_t *d, size_t n, const struct sockad
     if (n != t->expect_len)
         return E_LENGTH;
     const uint8_t *e = t->expect;
+    if (t->fw) { /* what gen sent for this connection, sequence number and time */
+        static uint8_t sent_pkt[RX_SLOT];
+        uint64_t u, seq;
+        int64_t when;
+        memcpy(&u, pay + P_CONN, 8);
+        memcpy(&seq, pay + P_SEQ, 8);
+        memcpy(&when, pay + P_TIME, 8);
+        if (u < opt.first_conn || u - opt.first_conn >= FW_CONNS)
+            return E_SEQ;
+        memcpy(sent_pkt, e, n);
+        fw_instance(sent_pkt, t, u);
+        stamp(sent_pkt, t, seq, when);
+        e = sent_pkt;
+    }
     if (memcmp(d, e, GENEVE_LEN))
         return E_GENEVE;
     /* Inner IP header (IPv4: except its checksum, checked next), then the transport header except
@@ -739,14 +1056,15 @@ static enum err_kind check_reply(const uint8_t *d, size_t n, const struct sockad
         return E_INNER_HDR;
     if (!t->v6 && memcmp(d + GENEVE_LEN + 10, e + GENEVE_LEN + 10, 2))
         return E_IP_CSUM;
-    if (l4 + hdr != t->pay || memcmp(d + t->l4, e + t->l4, (size_t)(t->csum - t->l4))
+    if (at != t->pay || memcmp(d + t->l4, e + t->l4, (size_t)(t->csum - t->l4))
         || memcmp(d + t->csum + 2, e + t->csum + 2, (size_t)(t->pay - t->csum - 2)))
         return E_INNER_HDR;
     if (memcmp(d + t->pay + STAMP_BYTES, e + t->pay + STAMP_BYTES, n - t->pay - STAMP_BYTES))
         return E_PAYLOAD;
     /* Everything else is byte-identical to what is expected, so this exact value is the one
      * correct checksum (for a pass-through: the one that was sent). */
-    if (get16(d + t->csum) != l4_field(t->expect_sum, d + t->pay, t->udp))
+    if (get16(d + t->csum) != (t->fw ? get16(e + t->csum)
+                                      : l4_field(t->expect_sum, d + t->pay, t->udp)))
         return E_L4_CSUM;
     uint64_t seq;
     int64_t t_tx;
@@ -944,12 +1262,12 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: gen [--mode flood|latency|paced|jitter|probe|probe-load] [--src IP] [--dst IP] "
-            "[--payload N] [--case pass|rewrite|mix]\n"
+            "[--payload N] [--case pass|rewrite|mix|firewall]\n"
             "           [--flows N] [--batch N] [--seconds S] [--rate PPS] [--max-packets N] "
             "[--base-port P] [--rcvbuf BYTES]\n"
             "           [--probe-rate PER_S] [--probe-port P] [--probe-clients N] [--rx-nap-us N]\n"
-            "           [--bucket-ms MS (paced)]\n"
-            "           [--describe]\n"
+            "           [--bucket-ms MS (paced)] [--first-conn N] [--pass-all] (firewall)\n"
+            "           [--describe] [--dump N]\n"
             "       gen --mode probe-load --dst IP --probe-port P --probe-clients N --seconds S\n");
     exit(2);
 }
@@ -962,7 +1280,8 @@ static void parse_args(int argc, char **argv)
         {"rate", 1, 0, 'r'}, {"max-packets", 1, 0, 'n'}, {"base-port", 1, 0, 'P'},
         {"rcvbuf", 1, 0, 'R'}, {"probe-rate", 1, 0, 'H'}, {"probe-port", 1, 0, 'O'},
         {"describe", 0, 0, 'D'}, {"probe-clients", 1, 0, 'C'}, {"rx-nap-us", 1, 0, 'N'},
-        {"bucket-ms", 1, 0, 'B'}, {0, 0, 0, 0}};
+        {"bucket-ms", 1, 0, 'B'}, {"first-conn", 1, 0, 'F'}, {"pass-all", 0, 0, 'A'},
+        {"dump", 1, 0, 'U'}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
@@ -988,6 +1307,8 @@ static void parse_args(int argc, char **argv)
                 opt.which = CASE_REWRITE;
             else if (!strcmp(optarg, "mix"))
                 opt.which = CASE_MIX;
+            else if (!strcmp(optarg, "firewall"))
+                opt.which = CASE_FIREWALL;
             else
                 usage();
             break;
@@ -1004,6 +1325,9 @@ static void parse_args(int argc, char **argv)
         case 'C': opt.probe_clients = atoi(optarg); break;
         case 'N': opt.rx_nap_us = atoi(optarg); break;
         case 'B': opt.bucket_ms = atoi(optarg); break;
+        case 'F': opt.first_conn = strtoull(optarg, NULL, 10); break;
+        case 'A': opt.pass_all = 1; break;
+        case 'U': opt.dump = atoi(optarg); break;
         default: usage();
         }
     }
@@ -1014,7 +1338,9 @@ static void parse_args(int argc, char **argv)
         || opt.base_port < 1024 || opt.base_port > 65535 - MAX_FLOWS || opt.probe_rate < 0
         || opt.probe_rate > 1000 || (opt.probe_only && !(opt.probe_rate > 0)) || !opt.probe_port
         || opt.probe_clients < 1 || opt.probe_clients > MAX_LOAD_CLIENTS || opt.rx_nap_us < 0
-        || opt.rx_nap_us > 10000 || opt.bucket_ms < 1 || opt.bucket_ms > 10000)
+        || opt.rx_nap_us > 10000 || opt.bucket_ms < 1 || opt.bucket_ms > 10000 || opt.dump < 0
+        || opt.dump > MAX_DUMP
+        || (opt.which != CASE_FIREWALL && (opt.pass_all || opt.first_conn)))
         usage();
     if (!inet_aton(opt.src, &src_addr) || !inet_aton(opt.dst, &dst_addr))
         usage();
@@ -1025,6 +1351,12 @@ static void parse_args(int argc, char **argv)
         opt.max_packets = natural;
     if (opt.max_packets > (opt.paced ? MAX_PACED_PACKETS : MAX_PACKETS))
         opt.max_packets = opt.paced ? MAX_PACED_PACKETS : MAX_PACKETS;
+    /* Firewall: every connection this run can open has a number under FW_CONNS (a flow opens
+     * FW_KINDS connections per FW_KINDS * FW_STEPS packets, and unsend can cost a cycle more). */
+    uint64_t dumped = (uint64_t)opt.dump * (uint64_t)opt.flows;
+    uint64_t most = (opt.max_packets + dumped) / FW_STEPS + 2ULL * FW_KINDS * MAX_FLOWS * MAX_BATCH;
+    if (opt.which == CASE_FIREWALL && (opt.first_conn > FW_CONNS || FW_CONNS - opt.first_conn < most))
+        usage();
 }
 
 /* --mode jitter: how late absolute-deadline sleeps at --rate wake up, on an otherwise idle CPU. */
@@ -1146,6 +1478,51 @@ static void print_timeline(void)
     printf("}");
 }
 
+/* --dump N: each flow's first N packets as its sender would send them (sequence numbers from 0,
+ * time 0), in hex, for tests to dissect. */
+static int dump(void)
+{
+    uint64_t seq = 0;
+    printf("{\"case\": \"%s\", \"payload\": %d, \"packets\": [", case_names[opt.which],
+           opt.payload);
+    for (int f = 0; f < opt.flows; f++) {
+        printf("%s\n [", f ? "," : "");
+        for (int i = 0; i < opt.dump; i++) {
+            uint32_t id;
+            uint8_t *p = next_packet(&flows[f], f, &id);
+            stamp(p, &tpls[id], seq++, 0);
+            printf("%s\"", i ? ", " : "");
+            for (uint32_t b = 0; b < tpls[id].len; b++)
+                printf("%02x", p[b]);
+            printf("\"");
+        }
+        printf("]");
+    }
+    printf("]");
+    if (opt.which == CASE_FIREWALL)
+        printf(",\n \"next_conn\": %llu", (unsigned long long)next_conn());
+    printf("}\n");
+    return 0;
+}
+
+/* Firewall: the connections this run opened and where the next run must start. */
+static void print_firewall(void)
+{
+    uint64_t opened = 0, closed = 0, denied = 0;
+    for (uint32_t i = 0; i < n_tpl; i++) {
+        const struct tpl *t = &tpls[i];
+        opened += t->step == 0 ? tpl_sent[i] : 0;
+        closed += t->step == FW_STEPS - 1 ? tpl_sent[i] : 0;
+        denied += t->step == 0 && fw_kinds[t->kind].act == A_DROP ? tpl_sent[i] : 0;
+    }
+    printf(",\n \"firewall\": {\"first_conn\": %llu, \"next_conn\": %llu, \"pass_all\": %s, "
+           "\"kinds\": %d, \"packets_per_connection\": %d, \"connections_opened\": %llu, "
+           "\"connections_denied\": %llu, \"connections_closed\": %llu}",
+           (unsigned long long)opt.first_conn, (unsigned long long)next_conn(),
+           opt.pass_all ? "true" : "false", FW_KINDS, FW_STEPS, (unsigned long long)opened,
+           (unsigned long long)denied, (unsigned long long)closed);
+}
+
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
@@ -1164,6 +1541,8 @@ int main(int argc, char **argv)
     if (opt.probe_load)
         return run_probe_load();
     build_templates();
+    if (opt.dump)
+        return dump();
     seen = calloc(opt.max_packets / 8 + 1, 1);
     rtts = opt.flood ? NULL : calloc(opt.max_packets, sizeof *rtts);
     wakes = opt.flood ? NULL : calloc(opt.max_packets, sizeof *wakes);
@@ -1237,7 +1616,7 @@ int main(int argc, char **argv)
              c_expected[N_CLS] = {0}, c_valid[N_CLS] = {0}, c_silent[N_CLS] = {0}, silent = 0;
     for (int k = 0; k < n_slots; k++) {
         c_slots[mix[k].cls]++;
-        c_expect_slots[mix[k].cls] += mix[k].act != A_DROP;
+        c_expect_slots[mix[k].cls] += mix[k].act != A_DROP || opt.pass_all;
     }
     for (uint32_t i = 0; i < n_tpl; i++) {
         const struct tpl *t = &tpls[i];
@@ -1259,8 +1638,7 @@ int main(int argc, char **argv)
 
     printf("{\"mode\": \"%s\", \"case\": \"%s\", \"payload\": %d, \"flows\": %d, \"batch\": %d, "
            "\"slots\": %d, \"templates\": %u, \"max_packets\": %llu, \"rcvbuf\": %d,\n",
-           opt.paced ? "paced" : opt.flood ? "flood" : "latency",
-           opt.which == CASE_MIX ? "mix" : opt.which == CASE_REWRITE ? "rewrite" : "pass",
+           opt.paced ? "paced" : opt.flood ? "flood" : "latency", case_names[opt.which],
            opt.payload, opt.flows, opt.batch, n_slots, n_tpl, (unsigned long long)opt.max_packets,
            rcvbuf);
     printf(" \"sent\": %llu, \"send_calls\": %llu, \"partial_sends\": %llu, "
@@ -1311,6 +1689,8 @@ int main(int argc, char **argv)
            (long long)(n_wakes ? wakes[n_wakes - 1] : -1));
     if (opt.paced)
         print_timeline();
+    if (opt.which == CASE_FIREWALL)
+        print_firewall();
     printf("}\n");
     return 0;
 }

@@ -16,8 +16,11 @@ same run (gen flooding a sink that never answers). applianced runs as an operato
 or as the data path alone (--product-mode worker). With --health-load (tree mode) it also loads the
 health service with back-to-back probes from 50 concurrent clients on loopback and measures the
 probes' latency and the mix flood's rate and worker CPU with and without that load, in the same
-run. The generator runs on one CPU, the target on another (taskset). Nothing here imports the
-product: packets are built and checked by gen.c.
+run. With --firewall it also measures new TCP connections (whole handshakes, a new inner 5-tuple
+each, some denied) through a 50-rule policy with the flow table (firewall_policy.toml), in an
+applianced of its own, against the C reflector as a pass-through baseline (it does not implement
+that policy). The generator runs on one CPU, the target on another (taskset). Nothing here imports
+the product: packets are built and checked by gen.c.
 Namespaces and processes are always torn down (by name and by PID), also on failure or Ctrl-C.
 """
 
@@ -39,6 +42,8 @@ from harness.env import (
     APP_NS,
     BASELINE,
     CASES,
+    FIREWALL,
+    FIREWALL_CASES,
     GEN_NS,
     MIX,
     PRODUCT,
@@ -50,6 +55,7 @@ from harness.env import (
     header_facts,
     write_config,
 )
+from harness.firewall import describe_firewall, write_firewall_config
 from harness.healthload import health_load
 from harness.measure import applianced_counters, bench_target, generator_ceiling
 from harness.report import report
@@ -139,6 +145,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="applianced with the flow table on ([policy] track_flows = true): every packet is "
         "looked up in its worker's flow table, as under any policy that decides flows",
     )
+    p.add_argument(
+        "--firewall",
+        action="store_true",
+        help="also the firewall case: new TCP connections (handshake, data, FINs; some denied) "
+        "through firewall_policy.toml (50 rules, flow table) in an applianced of its own, with "
+        "the C reflector as a pass-through baseline",
+    )
+    p.add_argument(
+        "--firewall-only",
+        action="store_true",
+        help="only the firewall case (implies --firewall)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (binaries, logs)")
     args = p.parse_args(argv)
     if args.seconds is None:
@@ -155,8 +173,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--probe-clients in [1, 256], --probe-seconds in (0, 30]")
     if args.health_load and (args.product_mode != "tree" or args.only == "reflector"):
         p.error("--health-load needs applianced in --product-mode tree (the health service)")
+    if args.firewall_only and (args.mix_only or args.health_load):
+        p.error("--firewall-only runs no mix: not with --mix-only or --health-load")
+    args.firewall = args.firewall or args.firewall_only
     args.cases = [c for c in CASES if c[1] == MIX] if args.mix_only else CASES
+    args.cases = ([] if args.firewall_only else args.cases) + (
+        FIREWALL_CASES if args.firewall else []
+    )
     return args
+
+
+def product_targets(
+    args: argparse.Namespace, work: Path, applianced: str
+) -> list[tuple[str, list[str], float, tuple[str, ...] | None, list[tuple[int, str]], str]]:
+    """applianced's runs: (name, argv, health probes per second, whose CPU the headline counts,
+    cases, label). The demo cases with the shipped config, the firewall case with its own; on
+    sockets, then (--io ring) on packet rings."""
+    demo = [c for c in args.cases if c[1] != FIREWALL]
+    firewall = [c for c in args.cases if c[1] == FIREWALL]
+    # One worker on the target's CPU, like the single-threaded C reflector; in tree mode the
+    # supervisor and the health service share that CPU (they inherit its affinity).
+    tree = args.product_mode == "tree"
+    rate, roles = (args.probe_rate, None) if tree else (0.0, ("worker",))
+    out = []
+    for io, name in [("socket", PRODUCT)] + ([("ring", PRODUCT_RING)] if args.io == "ring" else []):
+        if demo:
+            config = write_config(work, args.product_mode, args.track_flows, io=io)
+            argv = [applianced, "--config", str(config), "--workers", "1"]
+            out.append((name, argv, rate, roles, demo, ""))
+        if firewall:
+            config = write_firewall_config(work, args.product_mode, io=io)
+            argv = [applianced, "--config", str(config), "--workers", "1"]
+            out.append((name, argv, rate, roles, firewall, FIREWALL))
+    return out
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -201,12 +250,15 @@ def main(argv: list[str] | None = None) -> int:
             product_mode=args.product_mode,
             track_flows=args.track_flows,
             io=args.io,
+            firewall=args.firewall,
             probe_rate=args.probe_rate,
             health_load={"clients": args.probe_clients, "seconds": args.probe_seconds}
             if args.health_load
             else None,
         )
         facts["mix"] = describe_mix(tools["gen"])
+        if args.firewall:
+            facts["firewall"] = describe_firewall(tools["gen"])
         print(f"# {facts['gcc']}; namespaces {GEN_NS} / {APP_NS}; temp {work}", file=sys.stderr)
         facts["noise"] = machine_noise(tools["gen"], cpus, 0.5 if args.quick else 1.0)
         busy = [c for c, n in facts["noise"].items() if n["busy_pct_before"] > 10]
@@ -217,25 +269,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         netns.up()
         facts["ceiling"] = generator_ceiling(tools, cpus, args, work, started)
-        # (name, argv, health probes per second, whose CPU the headline counts: None = all)
-        targets: list[tuple[str, list[str], float, tuple[str, ...] | None]] = []
+        if args.firewall:
+            facts["ceiling_firewall"] = generator_ceiling(
+                tools, cpus, args, work, started, FIREWALL
+            )
+        # (name, argv, health probes per second, whose CPU the headline counts: None = all,
+        # cases, label)
+        targets: list[
+            tuple[str, list[str], float, tuple[str, ...] | None, list[tuple[int, str]], str]
+        ] = []
         if args.only != "applianced":
-            targets.append((BASELINE, [tools["reflector"], "--max-seconds", "600"], 0.0, None))
+            reflector = [tools["reflector"], "--max-seconds", "600"]
+            targets.append((BASELINE, reflector, 0.0, None, args.cases, ""))
         if args.only != "reflector":
-            config = write_config(work, args.product_mode, args.track_flows)
-            # One worker on the target's CPU, like the single-threaded C reflector; in tree mode
-            # the supervisor and the health service share that CPU (they inherit its affinity).
-            argv = [applianced, "--config", str(config), "--workers", "1"]
-            if args.product_mode == "tree":
-                targets.append((PRODUCT, argv, args.probe_rate, None))
-            else:
-                targets.append((PRODUCT, argv, 0.0, ("worker",)))
-            if args.io == "ring":
-                config = write_config(work, args.product_mode, args.track_flows, io="ring")
-                ring_argv = [applianced, "--config", str(config), "--workers", "1"]
-                roles = None if args.product_mode == "tree" else ("worker",)
-                rate = args.probe_rate if args.product_mode == "tree" else 0.0
-                targets.append((PRODUCT_RING, ring_argv, rate, roles))
+            targets += product_targets(args, work, applianced)
         processes: dict[str, list[str]] = {}
         facts["processes"] = processes
 
@@ -244,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
                 health.update(health_load(target, tools, cpus, args))
             extra["applianced counters"] = applianced_counters(applianced, work / "runtime")
 
-        for name, argv, probe_rate, roles in targets:
+        def firewall_finish(target: Target) -> None:
+            runtime = work / "firewall" / "runtime"
+            extra["applianced counters (firewall)"] = applianced_counters(applianced, runtime)
+
+        for name, argv, probe_rate, roles, cases, label in targets:
+            finish = None
+            if name == PRODUCT:
+                finish = firewall_finish if label == FIREWALL else product_finish
             rows += bench_target(
                 name,
                 argv,
@@ -256,11 +310,13 @@ def main(argv: list[str] | None = None) -> int:
                 processes,
                 probe_rate,
                 roles,
-                product_finish if name == PRODUCT else None,
+                finish,
+                cases,
+                label,
             )
             log = started[-1].tail(3).strip().splitlines()
-            extra[f"{name} exit"] = f"code {started[-1].proc.returncode}; " + (
-                log[-1] if log else ""
+            extra[f"{name}{f' ({label})' if label else ''} exit"] = (
+                f"code {started[-1].proc.returncode}; " + (log[-1] if log else "")
             )
         stats = work / "runtime" / "stats.json"  # the first build's counters, written at exit
         if stats.exists():

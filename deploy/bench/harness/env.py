@@ -30,6 +30,9 @@ PAYLOADS = (64, 1400)
 MIX = "mix"
 # The mix first (the headline), then the single cases kept from the first version of the bench.
 CASES = [(64, MIX), (1400, MIX), (64, "pass"), (64, "rewrite"), (1400, "pass"), (1400, "rewrite")]
+# run.py --firewall: new TCP connections under firewall_policy.toml, in an applianced of its own.
+FIREWALL = "firewall"
+FIREWALL_CASES = [(64, FIREWALL), (1400, FIREWALL)]
 BASELINE, PRODUCT = "C reflector", "applianced"
 PRODUCT_RING = "applianced ring"  # applianced with dataplane.io = "ring" (run.py --io ring)
 READY_TIMEOUT_S = 15.0

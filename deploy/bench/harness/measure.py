@@ -14,7 +14,9 @@ from typing import Any
 from harness.env import (
     APP_IP,
     APP_NS,
+    BASELINE,
     CLK_TCK,
+    FIREWALL,
     GEN_NS,
     HEALTH_PORT,
     LATENCY_RATE,
@@ -28,6 +30,7 @@ from harness.env import (
     in_ns,
     ns_counters,
 )
+from harness.firewall import connection_rates
 from harness.report import fmt
 from harness.targets import Target, run_gen
 
@@ -50,7 +53,8 @@ def measure(
     drops_before = ring_drops(target) if ring else 0
     app_before, gen_before = ns_counters(APP_NS), ns_counters(GEN_NS)
     cpu_before, stat_before = target.cpu(), cpu_times()
-    flood = run_gen(
+    flood = gen_run(
+        target,
         tools["gen"],
         cpus[0],
         "flood",
@@ -65,7 +69,8 @@ def measure(
     cpu_after, stat_after = target.cpu(), cpu_times()
     app_after, gen_after = ns_counters(APP_NS), ns_counters(GEN_NS)
     dropped = ring_drops(target) - drops_before if ring else 0
-    latency = run_gen(
+    latency = gen_run(
+        target,
         tools["gen"],
         cpus[0],
         "latency",
@@ -160,7 +165,22 @@ def measure(
         "kernel_gen_ns": delta(gen_after, gen_before),
         "flood": flood,
         "latency": latency,
+        **(connection_rates(flood) if case == FIREWALL else {}),
     }
+
+
+def gen_run(
+    target: Target, gen: str, cpu: int, mode: str, payload: int, case: str, *rest: Any, **kw: Any
+) -> dict[str, Any]:
+    """run_gen against `target`; in the firewall case with connections it has not seen (from
+    its next number on), all due back from the C reflector (which does not implement the
+    policy)."""
+    if case == FIREWALL:
+        kw.update(first_conn=target.next_conn, pass_all=target.name == BASELINE)
+    out = run_gen(gen, cpu, mode, payload, case, *rest, **kw)
+    if case == FIREWALL:
+        target.next_conn = out["firewall"]["next_conn"]
+    return out
 
 
 def wait_healthy(target: Target, gen: str, cpu: int) -> dict[str, Any]:
@@ -219,8 +239,14 @@ def bench_target(
     probe_rate: float = 0.0,
     headline_roles: tuple[str, ...] | None = None,
     finish: Callable[[Target], None] | None = None,
+    cases: list[tuple[int, str]] | None = None,
+    label: str = "",
 ) -> list[dict[str, Any]]:
-    target = Target(name, argv, cpus[1], logs)
+    """`cases`: default args.cases; `label` names a second run of the same target (its log)."""
+    cases = args.cases if cases is None else cases
+    # Warm up on the firewall case when that is all this target runs (its policy's paths).
+    warm_case = FIREWALL if all(c == FIREWALL for _, c in cases) else MIX
+    target = Target(name, argv, cpus[1], logs, label)
     started.append(target)
     rows = []
     try:
@@ -234,12 +260,13 @@ def bench_target(
         # of the mix; it also waits for a target whose socket is bound before its worker runs
         # (applianced's supervisor).
         for _ in range(20):
-            warm = run_gen(
+            warm = gen_run(
+                target,
                 tools["gen"],
                 cpus[0],
                 "flood",
                 64,
-                MIX,
+                warm_case,
                 0.3,
                 args.flows,
                 100_000,
@@ -251,14 +278,15 @@ def bench_target(
             time.sleep(0.5)
         if not warm["received"]:
             raise BenchError(f"{name} answered no warm-up packet:\n{target.tail()}")
-        processes[name] = target.describe()
-        for payload, case in args.cases:
+        processes[name + (f" ({label})" if label else "")] = target.describe()
+        for payload, case in cases:
             row = measure(target, tools, cpus, args, payload, case, probe_rate, headline_roles)
             rows.append(row)
             print(
                 f"  {name:12} {payload:5} B {case:8} returned {row['returned_pps']:>11,.0f} pps"
                 f"  loss {row['loss_pct']:5.1f}%  errors {row['errors']}"
-                f"  CPU {fmt(row['cpu_us_per_pkt'], 2)} us/pkt  p50 {fmt(row['p50_us'], 1)} us",
+                f"  CPU {fmt(row['cpu_us_per_pkt'], 2)} us/pkt  p50 {fmt(row['p50_us'], 1)} us"
+                + (f"  {fmt(row['conn_per_s'])} conn/s" if case == FIREWALL else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -277,21 +305,24 @@ def generator_ceiling(
     args: argparse.Namespace,
     logs: Path,
     started: list[Target],
+    case: str = MIX,
 ) -> dict[int, dict[str, Any]]:
-    """What gen offers the mix when nothing comes back: flooding the reflector in --sink mode,
-    which only receives. Its CPU then does nothing but send (and deliver into the sink's socket)."""
-    sink = Target("sink", [tools["reflector"], "--sink", "--max-seconds", "600"], cpus[1], logs)
+    """What gen offers `case` (the mix, or the firewall case) when nothing comes back: flooding
+    the reflector in --sink mode, which only receives. Its CPU then does nothing but send (and
+    deliver into the sink's socket)."""
+    argv = [tools["reflector"], "--sink", "--max-seconds", "600"]
+    sink = Target("sink", argv, cpus[1], logs, "" if case == MIX else case)
     started.append(sink)
     out = {}
     try:
         sink.wait_ready()
-        for payload in sorted({p for p, c in args.cases if c == MIX}):
+        for payload in sorted({p for p, c in args.cases if c == case}):
             flood = run_gen(
                 tools["gen"],
                 cpus[0],
                 "flood",
                 payload,
-                MIX,
+                case,
                 args.seconds,
                 args.flows,
                 int(args.seconds * args.max_pps),
@@ -305,7 +336,7 @@ def generator_ceiling(
                 "partial_sends": flood["partial_sends"],
             }
             print(
-                f"  gen ceiling  {payload:5} B mix      offers   {flood['offered_pps']:>11,.0f} pps"
+                f"  gen ceiling  {payload:5} B {case:8} offers   {flood['offered_pps']:>11,.0f} pps"
                 " into a sink",
                 file=sys.stderr,
                 flush=True,

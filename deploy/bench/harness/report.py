@@ -8,6 +8,7 @@ from harness.env import (
     APP_IP,
     BASELINE,
     CLK_TCK,
+    FIREWALL,
     HEALTH_LOAD_PAYLOAD,
     HEALTH_PORT,
     LATENCY_RATE,
@@ -16,20 +17,12 @@ from harness.env import (
     PRODUCT,
     PRODUCT_RING,
 )
+from harness.firewall_report import firewall_section
+from harness.tables import TAIL_COLS, class_cells, fmt, kept_up, tail_cells
+from harness.tables import ratio as _ratio
+from harness.tables import table as _table
 
 # ---------------------------------------------------------------- report
-
-
-def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}{suffix}"
-
-
-def _ratio(row: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
-    if not base or row[key] is None or not base[key]:
-        return "-"
-    return f"{row[key] / base[key]:.2f}x"
 
 
 MODE_TEXT = {
@@ -42,15 +35,6 @@ MODE_TEXT = {
 }
 
 
-def kept_up(row: dict[str, Any]) -> bool:
-    """The target's socket never overflowed in the flood (under 0.1% of what reached it): it
-    handled everything gen offered, so its returned rate is the generator's, not its own limit."""
-    k: dict[str, int] = row["kernel_app_ns"]
-    overflow = k.get("udp_rcvbuf_errors", 0) + k.get("ring_drops", 0)
-    delivered = k.get("udp_in_datagrams", 0) + k.get("ring_delivered", 0)
-    return overflow <= 0.001 * (overflow + delivered)
-
-
 def report(
     facts: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -60,7 +44,6 @@ def report(
     base = {(r["payload"], r["case"]): r for r in rows if r["target"] == BASELINE}
     product = {(r["payload"], r["case"]): r for r in rows if r["target"] == PRODUCT}
     ring = {(r["payload"], r["case"]): r for r in rows if r["target"] == PRODUCT_RING}
-    mix = facts["mix"]
     out = [
         f"# gwlb-appliance benchmark  {facts['date']}  kernel {facts['kernel']}  "
         f"CPU {facts['cpu_model']} x{facts['cores']}",
@@ -89,117 +72,15 @@ def report(
         "# p99 at 10k pps is mostly this machine's scheduling noise (above): compare p50s, and "
         "repeat runs before reading a p99 ratio.",
         "",
-        f"The mix, per {mix['size']} packets (`gen --case mix`; each flow cycles through "
-        f"{mix['size']} templates sent interleaved, each its own inner flow and flow cookie):",
-        *(f"  {line}" for line in mix["lines"]),
-        f"  = {mix['answered']} replies expected per {mix['size']} packets. Every reply is checked "
-        "against its template: pass = byte-identical Geneve and inner packet; rewrite = the "
-        "rewritten packet, every length and checksum; drop = no reply (one is an error).",
-        "",
     ]
-
-    # ---- headline
-    out.append(
-        "HEADLINE, the mix: returned = replies/s in the flood; errors = invalid or unexpected "
-        "replies (flood + latency run); silent = templates never answered at 10k pps though a "
-        "reply was due (a wrong drop); loss@10k = expected replies missing or invalid at 10k pps; "
-        "CPU = user+kernel time per packet the target's socket received"
-    )
-    cols = [
-        "payload",
-        "target",
-        "returned pps",
-        "vs C",
-        "errors",
-        "silent",
-        "loss@10k %",
-        "CPU us/pkt",
-        "user",
-        "kernel",
-        "CPU vs C",
-        "p50 us",
-        "p50 vs C",
-        "p99 us",
-        "p99 vs C",
-    ]
-    table = []
-    payloads = sorted({r["payload"] for r in rows if r["case"] == MIX})
-    for payload in payloads:
-        b = base.get((payload, MIX))
-        for r in (b, product.get((payload, MIX)), ring.get((payload, MIX))):
-            if r is None:
-                continue
-            table.append(
-                [
-                    f"{payload} B",
-                    r["target"],
-                    fmt(r["returned_pps"]),
-                    _ratio(r, b, "returned_pps"),
-                    str(r["errors"]),
-                    str(r["silent_templates"]),
-                    f"{r['latency_loss_pct']:.2f}",
-                    fmt(r["cpu_us_per_pkt"], 2),
-                    fmt(r["cpu_user_us_per_pkt"], 2),
-                    fmt(r["cpu_kernel_us_per_pkt"], 2),
-                    _ratio(r, b, "cpu_us_per_pkt"),
-                    fmt(r["p50_us"], 1),
-                    _ratio(r, b, "p50_us"),
-                    fmt(r["p99_us"], 1),
-                    _ratio(r, b, "p99_us"),
-                ]
-            )
-    out += _table(cols, table)
-    ceiling = facts.get("ceiling", {})
-    out.append("Generator ceiling in this run (flooding the mix):")
-    for payload in payloads:
-        b, p = base.get((payload, MIX)), product.get((payload, MIX))
-        parts = []
-        if payload in ceiling:
-            parts.append(
-                f"gen alone (into a sink) offers {ceiling[payload]['offered_pps']:,.0f} pps"
-            )
-        offered = [
-            f"{r['offered_pps']:,.0f} to {r['target']} (returned {r['returned_pps']:,.0f}"
-            + (", kept up: the generator's rate, not the target's limit" if kept_up(r) else "")
-            + ")"
-            for r in (b, p)
-            if r
-        ]
-        if offered:
-            parts.append("with replies to check it offered " + " and ".join(offered))
-        if b and p and b["returned_pps"]:
-            share = p["returned_pps"] / b["returned_pps"]
-            if not kept_up(p):
-                verdict = (
-                    "not generator-bound: its socket overflowed, so it was offered more than it "
-                    "could take"
-                )
-            elif share < 0.8:
-                verdict = "not generator-bound: the harness carried more with the C reflector"
-            else:
-                verdict = "near the harness's ceiling: the generator may bound it"
-            parts.append(f"applianced returned {100 * share:.1f}% of C: {verdict}")
-        out.append(f"  {payload:>5} B: " + "; ".join(parts))
-    if any(kept_up(r) for r in rows if r["case"] == MIX):
-        out.append(
-            "A target that kept up (its socket never overflowed) returned all the generator "
-            "offered: its pps ratio then understates the gap; CPU us/pkt compares the work."
-        )
-    if facts["product_mode"] == "tree":
-        out.append(
-            "CPU counts: the C reflector's one process; applianced's whole tree (supervisor, "
-            "worker, health service: split below). /proc/PID/stat ticks of "
-            f"{1000 // CLK_TCK} ms; the user/kernel split is the kernel's estimate."
-        )
-    else:
-        out.append(
-            "CPU counts: the C reflector's one process; applianced's worker process alone (the "
-            f"supervisor's below). /proc/PID/stat ticks of {1000 // CLK_TCK} ms; the user/kernel "
-            "split is the kernel's estimate."
-        )
+    if any(r["case"] == MIX for r in rows):
+        out += mix_headline(facts, rows, base, product, ring)
+    out += firewall_section(facts, rows)
 
     # ---- every case
     out += ["", "All cases (the mix, then pass-through and rewrite alone):"]
+    if any(r["case"] == FIREWALL for r in rows):
+        out[-1] = "All cases (`vs C` of the firewall case on conn/s, the C reflector passing all):"
     cols = [
         "target",
         "case",
@@ -225,7 +106,7 @@ def report(
                 f"{r['payload']} B {r['case']}",
                 fmt(r["offered_pps"]),
                 fmt(r["returned_pps"]),
-                _ratio(r, b, "returned_pps"),
+                _ratio(r, b, "conn_per_s" if r["case"] == FIREWALL else "returned_pps"),
                 fmt(r["loss_pct"], 1),
                 str(r["errors"]),
                 fmt(r["cpu_us_per_pkt"], 2),
@@ -252,20 +133,7 @@ def report(
             "The mix by class: valid replies / replies expected (drop: packets sent, no reply "
             "due), in the flood and at 10k pps:",
         ]
-        table = []
-        for r in mix_rows:
-            for run in ("flood", "latency"):
-                cells = []
-                for c in classes:
-                    k = r[run]["classes"].get(c)
-                    if k is None:
-                        cells.append("-")
-                    elif k["slots_answered"] == 0:
-                        cells.append(f"{k['sent']:,} sent")
-                    else:
-                        cells.append(f"{k['valid']:,}/{k['expected']:,}")
-                table.append([r["target"], f"{r['payload']} B {run}", *cells])
-        out += _table(["target", "run", *classes], table)
+        out += _table(["target", "run", *classes], class_cells(mix_rows, classes))
 
     # ---- CPU by process
     prod_rows = [r for r in rows if r["target"] == PRODUCT]
@@ -334,7 +202,7 @@ def report(
                 fmt(a.get("udp_in_datagrams")),
                 str(a.get("udp_rcvbuf_errors")),
                 str(g.get("udp_rcvbuf_errors")),
-                str(sum(v for k, v in {**a, **g}.items() if k.startswith("dev_"))),
+                str(sum(d.get(k, 0) for d in (a, g) for k in ("dev_rx_drop", "dev_tx_drop"))),
                 str(f["partial_sends"]),
                 str(sum(f["send_errors"].values())),
                 f"{busy:.0f}",
@@ -379,18 +247,108 @@ def report(
     return "\n".join(out)
 
 
-def _table(cols: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [
-        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)
+def mix_headline(
+    facts: dict[str, Any],
+    rows: list[dict[str, Any]],
+    base: dict[tuple[int, str], dict[str, Any]],
+    product: dict[tuple[int, str], dict[str, Any]],
+    ring: dict[tuple[int, str], dict[str, Any]],
+) -> list[str]:
+    """What the mix holds, the headline table and the generator's ceiling."""
+    mix = facts["mix"]
+    out = [
+        f"The mix, per {mix['size']} packets (`gen --case mix`; each flow cycles through "
+        f"{mix['size']} templates sent interleaved, each its own inner flow and flow cookie):",
+        *(f"  {line}" for line in mix["lines"]),
+        f"  = {mix['answered']} replies expected per {mix['size']} packets. Every reply is checked "
+        "against its template: pass = byte-identical Geneve and inner packet; rewrite = the "
+        "rewritten packet, every length and checksum; drop = no reply (one is an error).",
+        "",
     ]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    # ---- headline
+    out.append(
+        "HEADLINE, the mix: returned = replies/s in the flood; errors = invalid or unexpected "
+        "replies (flood + latency run); silent = templates never answered at 10k pps though a "
+        "reply was due (a wrong drop); loss@10k = expected replies missing or invalid at 10k pps; "
+        "CPU = user+kernel time per packet the target's socket received"
+    )
+    cols = [
+        "payload",
+        "target",
+        "returned pps",
+        "vs C",
+        "errors",
+        "silent",
+        *TAIL_COLS,
+    ]
+    table = []
+    payloads = sorted({r["payload"] for r in rows if r["case"] == MIX})
+    for payload in payloads:
+        b = base.get((payload, MIX))
+        for r in (b, product.get((payload, MIX)), ring.get((payload, MIX))):
+            if r is None:
+                continue
+            table.append(
+                [
+                    f"{payload} B",
+                    r["target"],
+                    fmt(r["returned_pps"]),
+                    _ratio(r, b, "returned_pps"),
+                    str(r["errors"]),
+                    str(r["silent_templates"]),
+                    *tail_cells(r, b),
+                ]
+            )
+    out += _table(cols, table)
+    ceiling = facts.get("ceiling", {})
+    out.append("Generator ceiling in this run (flooding the mix):")
+    for payload in payloads:
+        b, p = base.get((payload, MIX)), product.get((payload, MIX))
+        parts = []
+        if payload in ceiling:
+            parts.append(
+                f"gen alone (into a sink) offers {ceiling[payload]['offered_pps']:,.0f} pps"
+            )
+        offered = [
+            f"{r['offered_pps']:,.0f} to {r['target']} (returned {r['returned_pps']:,.0f}"
+            + (", kept up: the generator's rate, not the target's limit" if kept_up(r) else "")
+            + ")"
+            for r in (b, p)
+            if r
+        ]
+        if offered:
+            parts.append("with replies to check it offered " + " and ".join(offered))
+        if b and p and b["returned_pps"]:
+            share = p["returned_pps"] / b["returned_pps"]
+            if not kept_up(p):
+                verdict = (
+                    "not generator-bound: its socket overflowed, so it was offered more than it "
+                    "could take"
+                )
+            elif share < 0.8:
+                verdict = "not generator-bound: the harness carried more with the C reflector"
+            else:
+                verdict = "near the harness's ceiling: the generator may bound it"
+            parts.append(f"applianced returned {100 * share:.1f}% of C: {verdict}")
+        out.append(f"  {payload:>5} B: " + "; ".join(parts))
+    if any(kept_up(r) for r in rows if r["case"] == MIX):
+        out.append(
+            "A target that kept up (its socket never overflowed) returned all the generator "
+            "offered: its pps ratio then understates the gap; CPU us/pkt compares the work."
         )
-
-    return [line(cols), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    if facts["product_mode"] == "tree":
+        out.append(
+            "CPU counts: the C reflector's one process; applianced's whole tree (supervisor, "
+            "worker, health service: split below). /proc/PID/stat ticks of "
+            f"{1000 // CLK_TCK} ms; the user/kernel split is the kernel's estimate."
+        )
+    else:
+        out.append(
+            "CPU counts: the C reflector's one process; applianced's worker process alone (the "
+            f"supervisor's below). /proc/PID/stat ticks of {1000 // CLK_TCK} ms; the user/kernel "
+            "split is the kernel's estimate."
+        )
+    return out
 
 
 def health_load_report(h: dict[str, Any], cpus: tuple[int, int]) -> list[str]:

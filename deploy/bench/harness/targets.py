@@ -16,6 +16,7 @@ from typing import Any
 from harness.env import (
     APP_IP,
     APP_NS,
+    FIREWALL,
     GEN_IP,
     GEN_NS,
     GENEVE_PORT,
@@ -38,12 +39,17 @@ class Target:
     """A reflector running in the appliance namespace, pinned to one CPU (or to a `taskset -c`
     list such as "0,1")."""
 
-    def __init__(self, name: str, argv: list[str], cpu: int | str, logs: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], cpu: int | str, logs: Path, label: str = ""
+    ) -> None:
+        """`label`: added to the log file's name, for a second run of the same target."""
         self.name = name
         self.argv = argv
         self.roles: dict[int, str] = {}
         self.descendants: dict[int, int] = {}  # PID -> start time, every one seen
-        self.log = logs / f"{name.replace(' ', '_')}.log"
+        # The firewall case's next connection number: its flow table has seen every one below.
+        self.next_conn = 0
+        self.log = logs / f"{(name + (' ' + label if label else '')).replace(' ', '_')}.log"
         self.log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
             in_ns(APP_NS, ["taskset", "-c", str(cpu), *argv]),
@@ -251,7 +257,11 @@ def run_gen(
     probe_rate: float = 0.0,
     *,
     rx_nap_us: int,
+    first_conn: int = 0,
+    pass_all: bool = False,
 ) -> dict[str, Any]:
+    """One gen run; the firewall case's connections start at `first_conn`, and with `pass_all`
+    gen expects every packet back (a pass-through target)."""
     argv = [
         gen,
         "--mode",
@@ -279,6 +289,8 @@ def run_gen(
         "--rx-nap-us",
         str(rx_nap_us),
     ]
+    if case == FIREWALL:
+        argv += ["--first-conn", str(first_conn)] + (["--pass-all"] if pass_all else [])
     proc = subprocess.run(
         in_ns(GEN_NS, ["taskset", "-c", str(cpu), *argv]),
         capture_output=True,
@@ -292,14 +304,20 @@ def run_gen(
     return result
 
 
-def describe_mix(gen: str) -> dict[str, Any]:
-    """What the mix holds, from gen itself: its slots, and a summary line per class."""
+def gen_describe(gen: str, case: str) -> dict[str, Any]:
+    """`gen --describe --case CASE`: what gen sends in that case, as its JSON says."""
     proc = subprocess.run(
-        [gen, "--describe", "--case", MIX], capture_output=True, text=True, timeout=30, check=False
+        [gen, "--describe", "--case", case], capture_output=True, text=True, timeout=30, check=False
     )
     if proc.returncode != 0:
-        raise BenchError(f"gen --describe failed: {proc.stderr.strip()}")
-    slots: list[dict[str, Any]] = json.loads(proc.stdout)["slots"]
+        raise BenchError(f"gen --describe --case {case} failed: {proc.stderr.strip()}")
+    described: dict[str, Any] = json.loads(proc.stdout)
+    return described
+
+
+def describe_mix(gen: str) -> dict[str, Any]:
+    """What the mix holds, from gen itself: its slots, and a summary line per class."""
+    slots: list[dict[str, Any]] = gen_describe(gen, MIX)["slots"]
     lines = []
     for cls in dict.fromkeys(s["class"] for s in slots):
         mine = [s for s in slots if s["class"] == cls]
