@@ -91,6 +91,12 @@ def open_ring_socket(
         raise BootError(
             error.errno, "cannot open a packet socket: CAP_NET_RAW is needed"
         ) from error
+    except OSError as error:  # EAFNOSUPPORT: a sandbox (systemd's RestrictAddressFamilies=)
+        raise BootError(
+            error.errno,
+            f"cannot open a packet socket ({error.strerror}): allow AF_PACKET to the service "
+            '(RestrictAddressFamilies= in its unit), or set dataplane.io = "socket"',
+        ) from error
     try:
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
         attach_filter(sock, tap_filter(addresses, port))
