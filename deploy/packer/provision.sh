@@ -138,13 +138,17 @@ install_user() {
 }
 
 # The baked config: the shipped demo policy with the interface setup on (an appliance instance is
-# the one host where changing the MTU and rp_filter is wanted) and the flow records on (the
-# CloudWatch agent ships them). cloud-init overwrites it with the site's, which says the same.
+# the one host where changing the MTU and rp_filter is wanted), the flow records on (the
+# CloudWatch agent ships them) and the packet-ring backend (its nftables rule is a host change,
+# which is why the shipped default keeps sockets). cloud-init overwrites it with the site's, which
+# says the same unless the fleet's dataplane_io says otherwise.
 bake_config() {
   local shipped=$1 baked=$2
   sed -e 's/^manage = false /manage = true  /' \
+    -e 's/^io = "socket"   /io = "ring"     /' \
     -e '/^\[flowlog\]$/,/^\[/ s/^enabled = false$/enabled = true/' "$shipped" >"$baked"
   grep -q '^manage = true ' "$baked" || die "cannot turn on [interface] manage"
+  grep -q '^io = "ring" ' "$baked" || die "cannot turn on dataplane.io = ring"
 }
 
 # Readable by the service user, writable by root only; checked by the installed code itself.
@@ -156,8 +160,8 @@ install_config() {
 import sys
 from config.loader import load_config
 config = load_config(sys.argv[1])
-sys.exit(not (config.interface.manage and config.flowlog.enabled))' \
-    "$CONFIG_DIR/appliance.toml" || die "the baked config does not validate, or lacks manage or flowlog"
+sys.exit(not (config.interface.manage and config.flowlog.enabled and config.dataplane.io == "ring"))' \
+    "$CONFIG_DIR/appliance.toml" || die "the baked config does not validate, or lacks manage, flowlog or io = ring"
 }
 
 install_unit() {

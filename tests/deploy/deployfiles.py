@@ -128,10 +128,12 @@ def render_user_data(
     log_group_name: str = "/gwlb-appliance/fleet1",
     flowlog_enabled: bool = True,
     flowlog_sample_allowed: int = 1,
+    dataplane_io: str = "ring",
 ) -> str:
     """deploy/cloud-init/user-data.yaml with the values gwlb-fleet's templatefile() passes."""
     values = {
         "allow_sources": json.dumps(gwlb_cidrs, separators=(",", ":")),  # jsonencode()
+        "dataplane_io": dataplane_io,  # var.dataplane_io, validated to "ring" or "socket"
         "policy_toml": tf_indent(6, policy_toml.strip()),  # indent(6, trimspace(...))
         "flowlog_enabled": "true" if flowlog_enabled else "false",  # a bool in a template
         "flowlog_sample_allowed": str(flowlog_sample_allowed),

@@ -66,6 +66,8 @@ def test_rendered_site_config_is_a_valid_appliance_config(site_file):
     # Geneve only from the GWLB subnets, the same CIDRs the security group admits.
     assert config.dataplane.allow_sources == tuple(map(ipaddress.IPv4Network, GWLB_CIDRS))
     assert config.dataplane.port == 6081
+    # The packet-ring backend, as the module's default says (the shipped default is "socket").
+    assert config.dataplane.io == "ring"
     # The target group health-checks port 80.
     assert config.health.enabled and config.health.port == 80
     # The module's default policy is the demo's, every rule intact.
@@ -81,6 +83,13 @@ def test_flowlog_variables_reach_the_site_config():
     (site,) = yaml.safe_load(rendered)["write_files"]
     flowlog = parse_config(site["content"]).flowlog
     assert (flowlog.enabled, flowlog.sample_allowed) == (False, 1000)
+
+
+def test_dataplane_io_reaches_the_site_config():
+    for io in ("ring", "socket"):
+        rendered = render_user_data(GWLB_CIDRS, "", dataplane_io=io)
+        (site,) = yaml.safe_load(rendered)["write_files"]
+        assert parse_config(site["content"]).dataplane.io == io
 
 
 def test_module_default_policy_is_the_shipped_demo_policy():

@@ -152,7 +152,7 @@ def test_agent_collects_exactly_the_files_the_appliance_writes(collected, journa
         assert {Path(entry["file_path"]).parent for entry in collected} == {logs_dir}
 
 
-def test_baked_config_is_the_shipped_one_with_manage_and_flow_records_on(tmp_path):
+def test_baked_config_is_the_shipped_one_with_rings_manage_and_flow_records_on(tmp_path):
     result = run_provision_function(
         "bake_config", str(default_config_path()), str(tmp_path / "baked.toml"), tmp=tmp_path
     )
@@ -160,6 +160,7 @@ def test_baked_config_is_the_shipped_one_with_manage_and_flow_records_on(tmp_pat
     shipped, baked = load_config(default_config_path()), load_config(tmp_path / "baked.toml")
     assert not shipped.interface.manage and not shipped.flowlog.enabled
     assert baked.interface.manage and baked.flowlog.enabled
+    assert (shipped.dataplane.io, baked.dataplane.io) == ("socket", "ring")
     # Nothing else changed: the other table with `enabled = ` (health) kept its value.
     assert baked.health == shipped.health and baked.policy.rules == shipped.policy.rules
     shipped_lines = default_config_path().read_text().splitlines()
@@ -167,6 +168,7 @@ def test_baked_config_is_the_shipped_one_with_manage_and_flow_records_on(tmp_pat
     assert len(baked_lines) == len(shipped_lines)
     changed = [(a, b) for a, b in zip(shipped_lines, baked_lines, strict=True) if a != b]
     assert [(a.split()[:3], b.split()[:3]) for a, b in changed] == [
+        (["io", "=", '"socket"'], ["io", "=", '"ring"']),
         (["manage", "=", "false"], ["manage", "=", "true"]),
         (["enabled", "=", "false"], ["enabled", "=", "true"]),
     ]

@@ -38,6 +38,7 @@ from config.schema import DataPlaneConfig, HealthConfig
 GWLB_CIDRS = "${var.gwlb_subnet_cidrs}"
 USER_DATA_PLACEHOLDERS = {
     "allow_sources",
+    "dataplane_io",
     "policy_toml",
     "flowlog_enabled",
     "flowlog_sample_allowed",

@@ -24,6 +24,7 @@ locals {
   user_data = templatefile("${path.module}/../../../cloud-init/user-data.yaml", {
     # A JSON list of strings is also a TOML array of strings.
     allow_sources = jsonencode(var.gwlb_subnet_cidrs)
+    dataplane_io  = var.dataplane_io
     # indent() leaves the first line alone: the template places it; the rest must match it.
     policy_toml = indent(6, trimspace(var.policy_toml))
     # A bool and a number render as TOML's true/false and an integer.

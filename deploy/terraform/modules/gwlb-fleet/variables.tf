@@ -112,6 +112,17 @@ variable "https_egress_cidrs" {
   }
 }
 
+variable "dataplane_io" {
+  type        = string
+  description = "How the appliances take GWLB's datagrams (the site config's dataplane.io): \"ring\", a packet ring per worker (about 20% less CPU a packet than \"socket\" and more packets a second than a C program on sockets, same latency; deploy/bench/README.md), or \"socket\", UDP sockets."
+  default     = "ring"
+
+  validation {
+    condition     = contains(["ring", "socket"], var.dataplane_io)
+    error_message = "dataplane_io must be \"ring\" or \"socket\"."
+  }
+}
+
 variable "policy_toml" {
   type        = string
   description = "The appliance policy: [[policy.rules]] tables in the appliance config's TOML (see config/default.toml). Rendered into the site config at /etc/gwlb-appliance/appliance.toml. The default is the demo policy."

@@ -173,6 +173,7 @@ run "encrypts_and_keeps_the_logs_as_asked" {
     log_kms_key_arn        = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-0a1b-0a1b-0a1b-0a1b2c3d4e5f"
     flowlog_enabled        = false
     flowlog_sample_allowed = 100
+    dataplane_io           = "socket"
   }
 
   assert {
@@ -183,6 +184,11 @@ run "encrypts_and_keeps_the_logs_as_asked" {
   assert {
     condition     = strcontains(local.user_data, "enabled = false\n      sample_allowed = 100\n")
     error_message = "flowlog_enabled and flowlog_sample_allowed must reach the site config"
+  }
+
+  assert {
+    condition     = strcontains(local.user_data, "io = \"socket\"")
+    error_message = "dataplane_io must reach the site config"
   }
 }
 
@@ -199,6 +205,7 @@ run "refuses_values_outside_aws_ranges" {
     log_retention_days              = 31
     log_kms_key_arn                 = "alias/gwlb"
     flowlog_sample_allowed          = 0
+    dataplane_io                    = "xdp"
     additional_instance_policy_arns = ["AmazonSSMManagedInstanceCore"]
   }
 
@@ -212,6 +219,7 @@ run "refuses_values_outside_aws_ranges" {
     var.log_retention_days,
     var.log_kms_key_arn,
     var.flowlog_sample_allowed,
+    var.dataplane_io,
     var.additional_instance_policy_arns,
   ]
 }
