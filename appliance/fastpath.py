@@ -194,6 +194,16 @@ class FastPath:
         )
 
 
+def _parsing_all() -> FastPath:
+    """A FastPath for which some rule may touch every packet: its classify parses every datagram
+    in the usual layout (never True), the InnerPacket parse_datagram would make."""
+    fast = FastPath(Policy())
+    fast.watch = {proto: ALL for proto in _KNOWN}
+    fast.other = True
+    fast.udp = fast.tcp = fast.icmp = fast.icmp6 = ALL
+    return fast
+
+
 class UdpLane:
     """`Policy.decide` and the rewrite it asks for, in one step, for a UDP packet in GWLB's
     usual layout (classify has vouched for it), from the policy's lane rules (policy.LaneRule:
@@ -328,3 +338,8 @@ _REPLACE, _DROP, _PASS = Action.REPLACE, Action.DROP, Action.PASS
 _IPV6_EXTENSIONS = frozenset({0, 43, 44, 51, 60, 135, 139, 140})
 _PORTED = frozenset({PROTO_UDP, PROTO_TCP})  # transports whose rules may name ports
 _KNOWN = frozenset({PROTO_UDP, PROTO_TCP, PROTO_ICMP, PROTO_ICMPV6})
+
+# The usual layout parsed (the fast path's read) or None: for the worker's new flows, which its
+# loop has already vouched for. parse_datagram measured 1.55 us a SYN of firewall_profile.py,
+# this 0.55 us.
+parse_usual = _parsing_all().classify

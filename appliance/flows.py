@@ -64,7 +64,7 @@ _NS = 1_000_000_000
 
 # TCP flags and what a flow remembers of them.
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-_WATCHED = TCP_FIN | TCP_SYN | TCP_RST
+_CLOSES = TCP_FIN | TCP_RST  # what starts a flow's closing (_tcp)
 FIN_FORWARD, FIN_REVERSE, RST_SEEN = 1, 2, 4
 _FIN_BOTH = FIN_FORWARD | FIN_REVERSE
 PROTOCOL_AT = ENDPOINT_LEN  # the protocol's byte in a key
@@ -276,7 +276,10 @@ class FlowTable:
             flow.rev_packets += 1
             flow.rev_bytes += length
         flow.last_ns = now_ns
-        if tcp_flags & _WATCHED:
+        # _tcp acts on a SYN only when the flow is closing (so flow.tcp is set): a SYN-ACK on
+        # an open flow is spared the call. With `open`'s: a batch of 64 SYNs measured 7.4 us a
+        # packet, 7.2 us so (firewall_profile.py's policy).
+        if tcp_flags & _CLOSES or (tcp_flags & TCP_SYN and flow.tcp):
             return self._tcp(flow, key == flow.key, tcp_flags, now_ns)
         return flow
 
@@ -314,7 +317,7 @@ class FlowTable:
         )
         self.active += 1
         self.created += 1
-        if tcp_flags & _WATCHED:
+        if tcp_flags & _CLOSES:  # a SYN (the usual first packet) changes nothing on a new flow
             self._tcp(flow, True, tcp_flags, now_ns)
         return flow
 

@@ -78,6 +78,9 @@ _INSPECT_ERRORS, _INSPECT_OVERTIME = int(Counter.INSPECT_ERRORS), int(Counter.IN
 _HIT_BASE, _AUDIT_BASE = cnt.HIT_BASE, cnt.AUDIT_BASE
 _SETTLED = frozenset({PASS_PLAIN, DROP, REJECT})  # verdicts carried out without a parse
 _KEY_V4, _KEY_V6 = key_v4, key_v6
+_PASS_VERDICT, _PENDING_VERDICT = Verdict.PASS, Verdict.PENDING
+# A decide_flow verdict other than PASS and PENDING: the flow's code (flowverdict.py).
+_FLOW_CODES = {Verdict.DROP: DROP, Verdict.REJECT: REJECT, Verdict.INSPECT: INSPECTING}
 
 
 class Judging:
@@ -356,18 +359,14 @@ class Judging:
             self._last_audited = tuple(audited)
             audited.clear()
         verdict, rule = decision.verdict, decision.rule
-        if verdict is Verdict.PENDING:
+        if verdict is _PENDING_VERDICT:
             return (PER_QUERY if pkt.protocol == PROTO_UDP else PENDING), rule
         if rule >= 0:
             self.counters[_HIT_BASE + min(rule, _MAX_RULES - 1)] += 1
-        if verdict is Verdict.DROP:
-            return DROP, rule
-        if verdict is Verdict.REJECT:
-            return REJECT, rule
-        if verdict is Verdict.INSPECT:
-            return INSPECTING, rule
-        inspect = self._policy.inspects(buf, pkt, endpoint, decision.rule)
-        return (PASS_INSPECT if inspect else PASS_PLAIN), decision.rule
+        if verdict is _PASS_VERDICT:  # the most common, asked first
+            inspect = self._policy.inspects(buf, pkt, endpoint, rule)
+            return (PASS_INSPECT if inspect else PASS_PLAIN), rule
+        return _FLOW_CODES[verdict], rule  # drop, reject, inspect
 
     def _carry(
         self, buf: bytearray, start: int, pkt: InnerPacket, decision: Decision

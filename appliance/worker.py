@@ -31,7 +31,7 @@ from appliance.datapath import (
     decide_in_place,
     decide_parsed,
 )
-from appliance.fastpath import GENEVE_V4, GENEVE_V6, FastPath
+from appliance.fastpath import GENEVE_V4, GENEVE_V6, FastPath, parse_usual
 from appliance.flowkey import (
     TCP_BYTE,
     UDP_BYTE,
@@ -194,7 +194,7 @@ class Worker(Judging):
         io, c, flows = self.io, self.counters, self.flows
         buffer, replies = io.buffer, io.replies
         classify, seen, judge, lane = self._fast.classify, flows.seen, self._judge, self._fast.lane
-        get = flows.lookup
+        get, parse = flows.lookup, parse_usual
         generation, plain, inspect, skip = flows.generation, PASS_PLAIN, PASS_INSPECT, _SKIP
         decide_packet, audits = self._policy.decide_packet, self._packet_audits
         stateless, policy, other = not self._policy.stateful, self._policy, self._other
@@ -300,10 +300,13 @@ class Worker(Judging):
                     passed += 1
                     replies[i] = length
                     continue
-                flow = seen(key, now, length - 40, tcp if proto == tcp_byte else 0)
+                if flow is not None:  # (a new flow's miss is not asked twice)
+                    flow = seen(key, now, length - 40, tcp if proto == tcp_byte else 0)
                 if flow is None or flow.generation != generation:
+                    # Parsed from the same read whatever the packet rules watch: _judge needs
+                    # the parse for the flow rules (classify's True made it parse again).
                     answer = judge(
-                        buffer, start, length, classify(buffer, start, length), key, flow, now
+                        buffer, start, length, parse(buffer, start, length), key, flow, now
                     )
                     if answer is not None:
                         replies[i] = answer
