@@ -271,6 +271,7 @@ def test_fanout_steers_both_directions_to_the_slot_reuseport_steering_picks(link
 
 
 def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link: Link) -> None:
+    observer = observer_on(link)
     (sock,) = link.ring()
     first = RingBatchIO(sock, 2, GEOMETRY, wait_s=0.05)
     listener = listener_on(link)
@@ -281,6 +282,7 @@ def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link:
         for datagram in datagrams:
             packet = IP(src=TX_IP, dst=RX_IP, ttl=9) / UDP(sport=40001, dport=6081)
             sender.send(link.frame(packet / Raw(datagram)))
+        seen(observer, datagrams[-1])  # all five are in the ring
         assert first.receive() == 2
         # A reply grown by 2 bytes (as a rewrite grows one), an unchanged one, and an extra.
         start = first.starts(2)[0]
@@ -304,7 +306,7 @@ def test_replies_leave_turned_around_and_a_new_reader_skips_what_was_taken(link:
         second.close()
     finally:
         first.close()
-        for s in (sock, listener, sender):
+        for s in (sock, listener, sender, observer):
             s.close()
 
 
@@ -436,6 +438,7 @@ def test_a_full_ring_counts_what_it_dropped_and_reads_on_round_its_end(link: Lin
     """More datagrams than the ring has frames, none read: the ring keeps the first 128 and
     counts the rest dropped; read in batches they come in order, and the reader goes on round
     the ring's end. A new reader then finds the oldest frame waiting, wherever it is."""
+    observer = observer_on(link)
     sock, small = small_ring(link)
     assert small.frames == 128
     io = RingBatchIO(sock, 64, small, wait_s=0.05)
@@ -444,6 +447,7 @@ def test_a_full_ring_counts_what_it_dropped_and_reads_on_round_its_end(link: Lin
     try:
         for k in range(200):
             sender.sendto(b"first %d" % k, (RX_IP, 6081))
+        seen(observer, b"first 199")  # every one has met the full ring before a frame is freed
         assert take(io, 128) == [b"first %d" % k for k in range(128)]
         assert io.receive() == 0
         assert io.rx_dropped == 72
@@ -457,8 +461,8 @@ def test_a_full_ring_counts_what_it_dropped_and_reads_on_round_its_end(link: Lin
         later.close()
     finally:
         io.close()
-        sock.close()
-        sender.close()
+        for s in (sock, sender, observer):
+            s.close()
 
 
 def test_a_datagram_longer_than_a_frame_is_read_whole_in_its_turn(link: Link) -> None:

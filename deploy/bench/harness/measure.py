@@ -346,20 +346,23 @@ def generator_ceiling(
     return out
 
 
-def ring_drops(target: Target) -> int:
-    """Frames the ring backend's full rings dropped so far (`appliancectl stats`'s
-    rx_buffer_drops), for the applianced whose `--config` is in the target's command line."""
-    argv = target.argv
-    config = Path(argv[argv.index("--config") + 1])
-    ctl = Path(argv[0]).parent / "appliancectl"
-    sock = config.parent / "runtime" / "control.sock"
-    proc = subprocess.run(
-        [str(ctl), "--socket", str(sock), "--json", "stats"],
+def ctl_stats(ctl: Path, runtime: Path) -> subprocess.CompletedProcess[str]:
+    """`appliancectl --json stats` against the daemon whose runtime directory is `runtime`."""
+    return subprocess.run(
+        [str(ctl), "--socket", str(runtime / "control.sock"), "--json", "stats"],
         capture_output=True,
         text=True,
         timeout=15,
         check=False,
     )
+
+
+def ring_drops(target: Target) -> int:
+    """Frames the ring backend's full rings dropped so far (`appliancectl stats`'s
+    rx_buffer_drops), for the applianced whose `--config` is in the target's command line."""
+    argv = target.argv
+    config = Path(argv[argv.index("--config") + 1])
+    proc = ctl_stats(Path(argv[0]).parent / "appliancectl", config.parent / "runtime")
     if proc.returncode != 0:
         raise BenchError(f"appliancectl stats failed ({proc.returncode}): {proc.stderr[:300]}")
     data = json.loads(proc.stdout)
@@ -369,16 +372,9 @@ def ring_drops(target: Target) -> int:
 def applianced_counters(applianced: str, runtime: Path) -> str:
     """The product's own totals, from `appliancectl stats` when this build has a control socket."""
     ctl = Path(applianced).parent / "appliancectl"
-    sock = runtime / "control.sock"
-    if not ctl.exists() or not sock.exists():
+    if not ctl.exists() or not (runtime / "control.sock").exists():
         return "no control socket (see stats.json)"
-    proc = subprocess.run(
-        [str(ctl), "--socket", str(sock), "--json", "stats"],
-        capture_output=True,
-        text=True,
-        timeout=15,
-        check=False,
-    )
+    proc = ctl_stats(ctl, runtime)
     if proc.returncode != 0:
         return f"appliancectl stats failed ({proc.returncode}): {proc.stderr.strip()[:300]}"
     try:
